@@ -1,0 +1,1 @@
+//! Where the server's time, and its claims about it, come from.

@@ -1,0 +1,16 @@
+//! hwntpd: an NTP server for bare-metal datacenter time nodes.
+//!
+//! * [`protocol`]: the pure protocol core (parse, decide, serialise).
+//! * [`clock`]: where the server's time and its claims about it come from
+//!   (kernel clock state, PTP hardware clocks, the state snapshot workers read).
+//! * [`net`]: the Linux layer: sockets, `SO_TIMESTAMPING`, control messages,
+//!   NIC hardware timestamping ioctls.
+//! * [`server`]: workers, each an io_uring event loop, and their statistics.
+//! * [`config`]: the command line.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod clock;
+pub mod config;
+pub mod net;
+pub mod protocol;
+pub mod server;

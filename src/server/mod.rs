@@ -1,0 +1,1 @@
+//! Workers (one io_uring event loop each) and their statistics.

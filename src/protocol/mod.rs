@@ -5,6 +5,7 @@
 //! into a caller's buffer or says why it drops the request.
 
 pub mod packet;
+pub mod refid;
 pub mod server;
 pub mod state;
 pub mod timestamp;

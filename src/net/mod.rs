@@ -1,2 +1,16 @@
 //! The Linux layer: sockets, `SO_TIMESTAMPING`, control messages, NIC ioctls.
 //! All `unsafe` of the project lives here and in the io_uring worker.
+//!
+//! * [`cmsg`]: pure parsing/building of control-message bytes (receive
+//!   timestamps, PKTINFO, error-queue transmit stamps, reply control data).
+//! * [`socket`]: binding UDP sockets, `SO_TIMESTAMPING`, `sendmsg`/`recvmsg`
+//!   with control data.
+//! * [`errqueue`]: reading transmit timestamps with `MSG_ERRQUEUE`.
+//! * [`hwtstamp`]: NIC hardware timestamping configuration (`SIOCSHWTSTAMP`).
+//! * [`ethtool`]: interface capabilities (`ETHTOOL_GET_TS_INFO`), link speed, ifindex.
+
+pub mod cmsg;
+pub mod errqueue;
+pub mod ethtool;
+pub mod hwtstamp;
+pub mod socket;

@@ -1,0 +1,817 @@
+//! UDP socket set-up: binding, `SO_TIMESTAMPING`, and `sendmsg`/`recvmsg`
+//! with control data (no allocation) for the paths that do not go through io_uring.
+//!
+//! Timestamping policy: the socket gets the *reporting* flags
+//! (`SOF_TIMESTAMPING_SOFTWARE`, `_RAW_HARDWARE`), the *receive generation*
+//! flags, and the options (`OPT_ID`, `OPT_TSONLY`, `OPT_PKTINFO`). Transmit
+//! timestamps are *generated* only for the replies that ask for them, with a
+//! per-message `SO_TIMESTAMPING` control message
+//! ([`crate::net::cmsg::build_reply_control`]): basic replies pay nothing.
+//! `Documentation/networking/timestamping.rst` (1.3.4): "applications must
+//! still enable timestamp reporting via setsockopt to receive timestamps";
+//! and `SCM_TS_OPT_ID` is refused (EINVAL) unless `SOF_TIMESTAMPING_OPT_ID` is on
+//! the socket (`net/core/sock.c`, `__sock_cmsg_send`).
+
+use std::fmt;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    self, setsockopt, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+};
+
+use super::cmsg::{self, CmsgBuffer};
+
+// ---------------------------------------------------------------------------
+// Binding.
+
+/// Why [`bind_udp`] failed; `Display` gives one line an operator can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindError {
+    /// `EADDRINUSE`: another socket holds the port (without `SO_REUSEPORT` on both).
+    AddrInUse {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// `EACCES`/`EPERM`: a privileged port without the capability, or a security policy.
+    PermissionDenied {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// `EADDRNOTAVAIL`: no local interface has this address.
+    AddrNotAvailable {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// `EAFNOSUPPORT`: the address family (usually IPv6) is disabled on this host.
+    FamilyNotSupported {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// Any other failure of a step (socket, setsockopt, bind).
+    Other {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The step that failed, e.g. `"setsockopt(SO_REUSEPORT)"`.
+        op: &'static str,
+        /// The error.
+        errno: Errno,
+    },
+}
+
+impl BindError {
+    fn from_errno(addr: SocketAddr, op: &'static str, errno: Errno) -> BindError {
+        match errno {
+            Errno::EADDRINUSE => BindError::AddrInUse { addr },
+            Errno::EACCES | Errno::EPERM => BindError::PermissionDenied { addr },
+            Errno::EADDRNOTAVAIL => BindError::AddrNotAvailable { addr },
+            Errno::EAFNOSUPPORT => BindError::FamilyNotSupported { addr },
+            _ => BindError::Other { addr, op, errno },
+        }
+    }
+
+    /// The underlying errno.
+    pub fn errno(&self) -> Errno {
+        match self {
+            BindError::AddrInUse { .. } => Errno::EADDRINUSE,
+            BindError::PermissionDenied { .. } => Errno::EACCES,
+            BindError::AddrNotAvailable { .. } => Errno::EADDRNOTAVAIL,
+            BindError::FamilyNotSupported { .. } => Errno::EAFNOSUPPORT,
+            BindError::Other { errno, .. } => *errno,
+        }
+    }
+}
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindError::AddrInUse { addr } => write!(
+                f,
+                "UDP port {} on {} is already in use (another NTP server running?)",
+                addr.port(),
+                addr.ip()
+            ),
+            BindError::PermissionDenied { addr } if addr.port() < 1024 => write!(
+                f,
+                "binding port {} needs root or CAP_NET_BIND_SERVICE: run as root or grant it with setcap",
+                addr.port()
+            ),
+            BindError::PermissionDenied { addr } => write!(
+                f,
+                "binding UDP {addr} was refused (permission denied by a security policy?)"
+            ),
+            BindError::AddrNotAvailable { addr } => write!(
+                f,
+                "cannot bind UDP {addr}: no interface of this host has address {} (bind to {} to listen on all)",
+                addr.ip(),
+                if addr.is_ipv4() { "0.0.0.0" } else { "::" }
+            ),
+            BindError::FamilyNotSupported { addr } => write!(
+                f,
+                "cannot bind UDP {addr}: {} is disabled on this host",
+                if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+            ),
+            BindError::Other { addr, op, errno } => {
+                write!(f, "UDP {addr}: {op} failed: {}", errno.desc())
+            }
+        }
+    }
+}
+
+impl std::error::Error for BindError {}
+
+impl From<BindError> for io::Error {
+    fn from(e: BindError) -> io::Error {
+        io::Error::new(io::Error::from(e.errno()).kind(), e.to_string())
+    }
+}
+
+/// Creates a non-blocking, close-on-exec UDP socket bound to `addr`:
+/// `IPV6_V6ONLY` for IPv6 (the v4 wildcard is a separate socket),
+/// `SO_REUSEPORT` when `reuseport` (one socket per worker on the same port),
+/// and `IP_PKTINFO` / `IPV6_RECVPKTINFO` on, so each request tells the local
+/// address it was sent to (the reply's source).
+pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError> {
+    let err = |op: &'static str| move |e: Errno| BindError::from_errno(addr, op, e);
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket::socket(
+        family,
+        SockType::Datagram,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(err("socket"))?;
+    if addr.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(err("setsockopt(IPV6_V6ONLY)"))?;
+        setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)
+            .map_err(err("setsockopt(IPV6_RECVPKTINFO)"))?;
+    } else {
+        setsockopt(&fd, sockopt::Ipv4PacketInfo, &true).map_err(err("setsockopt(IP_PKTINFO)"))?;
+    }
+    if reuseport {
+        setsockopt(&fd, sockopt::ReusePort, &true).map_err(err("setsockopt(SO_REUSEPORT)"))?;
+    }
+    let sa = SockaddrStorage::from(addr);
+    socket::bind(fd.as_raw_fd(), &sa).map_err(err("bind"))?;
+    Ok(fd)
+}
+
+/// The address a socket is bound to (`getsockname`), e.g. to learn an ephemeral port.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
+    let sa: SockaddrStorage = socket::getsockname(fd.as_raw_fd())?;
+    if let Some(v4) = sa.as_sockaddr_in() {
+        Ok(SocketAddr::V4(SocketAddrV4::from(*v4)))
+    } else if let Some(v6) = sa.as_sockaddr_in6() {
+        Ok(SocketAddr::V6(SocketAddrV6::from(*v6)))
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "getsockname: not an IP socket",
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// SO_TIMESTAMPING.
+
+/// `SOF_TIMESTAMPING_*` flags (`include/uapi/linux/net_tstamp.h`).
+pub mod sof {
+    /// Generate hardware transmit stamps (we request it per message, not here).
+    pub const TX_HARDWARE: u32 = 1 << 0;
+    /// Generate software transmit stamps (we request it per message, not here).
+    pub const TX_SOFTWARE: u32 = 1 << 1;
+    /// Generate hardware receive stamps.
+    pub const RX_HARDWARE: u32 = 1 << 2;
+    /// Generate software receive stamps.
+    pub const RX_SOFTWARE: u32 = 1 << 3;
+    /// Report software stamps (slot 0).
+    pub const SOFTWARE: u32 = 1 << 4;
+    /// Report raw hardware stamps (slot 2).
+    pub const RAW_HARDWARE: u32 = 1 << 6;
+    /// Tag transmit stamps with a key (`ee_data`); needed for `SCM_TS_OPT_ID`.
+    pub const OPT_ID: u32 = 1 << 7;
+    /// Loop back transmit stamps without the packet.
+    pub const OPT_TSONLY: u32 = 1 << 11;
+    /// `SCM_TIMESTAMPING_PKTINFO` with hardware receive stamps.
+    pub const OPT_PKTINFO: u32 = 1 << 13;
+    /// Bind hardware stamps to a PHC virtual clock (`struct so_timestamping`).
+    pub const BIND_PHC: u32 = 1 << 15;
+}
+
+/// What timestamping to enable on a socket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimestampingConfig {
+    /// Kernel software receive stamps.
+    pub rx_software: bool,
+    /// NIC hardware receive stamps (the NIC must also be configured: `SIOCSHWTSTAMP`).
+    pub rx_hardware: bool,
+    /// Report software transmit stamps (generation is requested per message).
+    pub tx_software: bool,
+    /// Report hardware transmit stamps (generation is requested per message).
+    pub tx_hardware: bool,
+    /// `SOF_TIMESTAMPING_OPT_ID`: keys in transmit reports; required for `SCM_TS_OPT_ID`.
+    pub opt_id: bool,
+    /// `SOF_TIMESTAMPING_OPT_TSONLY`: transmit reports without the packet
+    /// (less receive-buffer use; works whatever `net.core.tstamp_allow_data` says).
+    pub tsonly: bool,
+    /// `SOF_TIMESTAMPING_OPT_PKTINFO`: interface and frame length with hardware receive stamps.
+    pub pktinfo: bool,
+    /// `SOF_TIMESTAMPING_BIND_PHC` with this PHC virtual clock index (the socket
+    /// must be bound to a device with `SO_BINDTODEVICE`, and the index must be
+    /// one of that device's vclocks, or the kernel refuses).
+    pub bind_phc: Option<i32>,
+}
+
+impl TimestampingConfig {
+    /// The `SO_TIMESTAMPING` flags this configuration sets on the socket.
+    pub const fn flags(&self) -> u32 {
+        let mut f = 0;
+        if self.rx_software {
+            f |= sof::RX_SOFTWARE | sof::SOFTWARE;
+        }
+        if self.tx_software {
+            f |= sof::SOFTWARE;
+        }
+        if self.rx_hardware {
+            f |= sof::RX_HARDWARE | sof::RAW_HARDWARE;
+        }
+        if self.tx_hardware {
+            f |= sof::RAW_HARDWARE;
+        }
+        if self.opt_id {
+            f |= sof::OPT_ID;
+        }
+        if self.tsonly {
+            f |= sof::OPT_TSONLY;
+        }
+        if self.pktinfo {
+            f |= sof::OPT_PKTINFO;
+        }
+        if self.bind_phc.is_some() {
+            f |= sof::BIND_PHC;
+        }
+        f
+    }
+}
+
+/// Sets `SO_TIMESTAMPING` on `fd` as `cfg` says and returns the flags set.
+/// No transmit *generation* flag is set: ask per reply with
+/// [`crate::net::cmsg::TxTsRequest`].
+pub fn enable_timestamping(fd: BorrowedFd<'_>, cfg: &TimestampingConfig) -> io::Result<u32> {
+    let flags = cfg.flags();
+    /// `struct so_timestamping { int flags; int bind_phc; }` (Linux 5.14+).
+    #[repr(C)]
+    struct SoTimestamping {
+        flags: libc::c_int,
+        bind_phc: libc::c_int,
+    }
+    let with_phc = SoTimestamping {
+        flags: flags as libc::c_int,
+        bind_phc: cfg.bind_phc.unwrap_or(0),
+    };
+    let plain: u32 = flags;
+    let (ptr, len) = if cfg.bind_phc.is_some() {
+        (
+            (&with_phc as *const SoTimestamping).cast::<libc::c_void>(),
+            std::mem::size_of::<SoTimestamping>(),
+        )
+    } else {
+        (
+            (&plain as *const u32).cast::<libc::c_void>(),
+            std::mem::size_of::<u32>(),
+        )
+    };
+    // SAFETY: `ptr` points at a live value of `len` bytes for the duration of
+    // the call; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPING,
+            ptr,
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("setsockopt(SO_TIMESTAMPING, {flags:#x}) failed: {e}"),
+        ));
+    }
+    Ok(flags)
+}
+
+/// Whether the kernel accepts `SCM_TS_OPT_ID` (Linux 6.13+): sends one byte
+/// with it from a throw-away loopback socket to itself. `Ok(false)` when
+/// `sendmsg` says EINVAL (an unknown `SOL_SOCKET` control message); `Err` when
+/// the probe itself could not run (e.g. loopback down).
+pub fn probe_scm_ts_opt_id() -> io::Result<bool> {
+    let fd = bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), false)?;
+    let cfg = TimestampingConfig {
+        tx_software: true,
+        opt_id: true,
+        tsonly: true,
+        ..Default::default()
+    };
+    enable_timestamping(fd.as_fd(), &cfg)?;
+    let me = local_addr(fd.as_fd())?;
+    let mut control = CmsgBuffer::<{ cmsg::REPLY_CONTROL_SPACE }>::new();
+    // No generation flag: nothing is stamped, only the key cmsg is parsed.
+    let req = cmsg::TxTsRequest {
+        opt_id: Some(1),
+        ..Default::default()
+    };
+    let n = cmsg::build_reply_control(&mut control.0, None, Some(req));
+    match send_with_control(fd.as_fd(), &[0], me, &control.0[..n]) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// sendmsg / recvmsg with control data.
+
+/// Converts a socket address to its C form.
+fn to_raw(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// Converts a C socket address (as `recvmsg` filled it) to a `SocketAddr`.
+fn from_raw(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
+    let len = len as usize;
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says sockaddr_in and the length covers it;
+            // sockaddr_storage is aligned for it.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// `sendmsg` of one datagram to `dest` with `control` as ancillary data
+/// (e.g. from [`crate::net::cmsg::build_reply_control`]; may be empty).
+/// Retries on EINTR; a non-blocking socket gives `WouldBlock` when full.
+pub fn send_with_control(
+    fd: BorrowedFd<'_>,
+    data: &[u8],
+    dest: SocketAddr,
+    control: &[u8],
+) -> io::Result<usize> {
+    let (mut name, name_len) = to_raw(dest);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is plain old data; all-zero is valid (no name, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = name_len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !control.is_empty() {
+        // The kernel only reads the control data on send.
+        msg.msg_control = control.as_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len() as _;
+    }
+    loop {
+        // SAFETY: every pointer in `msg` refers to a live buffer of the stated
+        // length (name, one iovec over `data`, `control`) for the whole call;
+        // sendmsg does not write through them.
+        let n = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, 0) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// What [`recv_with_control`] received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes of payload stored in the buffer.
+    pub len: usize,
+    /// The sender (`None` for error-queue messages without one, or unknown families).
+    pub src: Option<SocketAddr>,
+    /// Bytes of control data stored (parse `control[..control_len]`).
+    pub control_len: usize,
+    /// `MSG_TRUNC`: the datagram was longer than the buffer.
+    pub truncated: bool,
+    /// `MSG_CTRUNC`: the control data did not fit; some messages are lost.
+    pub control_truncated: bool,
+}
+
+/// `recvmsg` of one datagram with its control data; `flags` as for recvmsg
+/// (`0`, `libc::MSG_ERRQUEUE`, `libc::MSG_DONTWAIT`...). Retries on EINTR.
+pub fn recv_with_control(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    control: &mut [u8],
+    flags: libc::c_int,
+) -> io::Result<Received> {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    loop {
+        // SAFETY: msghdr is plain old data; all-zero is valid.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !control.is_empty() {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = control.len() as _;
+        }
+        // SAFETY: every pointer in `msg` refers to a live, exclusively borrowed
+        // buffer of the stated length; the kernel writes at most that much.
+        let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, flags) };
+        if n >= 0 {
+            return Ok(Received {
+                len: (n as usize).min(buf.len()),
+                src: from_raw(&name, msg.msg_namelen),
+                control_len: (msg.msg_controllen as usize).min(control.len()),
+                truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+                control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+            });
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::cmsg::{parse_rx_control, TxTimestamp, TxTsRequest, REPLY_CONTROL_SPACE};
+    use crate::net::errqueue::read_tx_timestamps;
+    use std::net::IpAddr;
+    use std::net::UdpSocket;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn now_nanos() -> i128 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128
+    }
+
+    /// Waits (at most `ms`) until `fd` has `events` (`libc::POLLIN`, `libc::POLLERR`).
+    fn wait_ms(fd: BorrowedFd<'_>, events: libc::c_short, ms: libc::c_int) -> bool {
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut p, 1, ms) };
+        n > 0 && p.revents & events != 0
+    }
+
+    fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short) -> bool {
+        wait_ms(fd, events, 2000)
+    }
+
+    #[test]
+    fn bind_v4_and_v6_loopback_ephemeral() {
+        let v4 = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let a = local_addr(v4.as_fd()).unwrap();
+        assert_eq!(a.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_ne!(a.port(), 0);
+        match bind_udp("[::1]:0".parse().unwrap(), false) {
+            Ok(v6) => {
+                let a = local_addr(v6.as_fd()).unwrap();
+                assert_eq!(a.ip(), IpAddr::V6(Ipv6Addr::LOCALHOST));
+                assert!(socket::getsockopt(&v6, sockopt::Ipv6V6Only).unwrap());
+            }
+            Err(
+                e @ (BindError::AddrNotAvailable { .. } | BindError::FamilyNotSupported { .. }),
+            ) => {
+                println!("SKIP: no IPv6 loopback here: {e}")
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn reuseport_twice_works_without_gives_addr_in_use() {
+        let a = bind_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = local_addr(a.as_fd()).unwrap();
+        let b = bind_udp(addr, true).unwrap();
+        assert_eq!(local_addr(b.as_fd()).unwrap(), addr);
+
+        let plain = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let paddr = local_addr(plain.as_fd()).unwrap();
+        let e = bind_udp(paddr, false).unwrap_err();
+        assert_eq!(e, BindError::AddrInUse { addr: paddr });
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "UDP port {} on 127.0.0.1 is already in use (another NTP server running?)",
+                paddr.port()
+            )
+        );
+        // reuseport on one side only is still a conflict.
+        assert!(matches!(
+            bind_udp(paddr, true),
+            Err(BindError::AddrInUse { .. })
+        ));
+    }
+
+    #[test]
+    fn bind_error_messages() {
+        let a: SocketAddr = "0.0.0.0:123".parse().unwrap();
+        assert_eq!(
+            BindError::AddrInUse { addr: a }.to_string(),
+            "UDP port 123 on 0.0.0.0 is already in use (another NTP server running?)"
+        );
+        assert_eq!(
+            BindError::from_errno(a, "bind", Errno::EACCES).to_string(),
+            "binding port 123 needs root or CAP_NET_BIND_SERVICE: run as root or grant it with setcap"
+        );
+        let e = BindError::from_errno(a, "bind", Errno::ENOBUFS);
+        assert_eq!(
+            e.to_string(),
+            "UDP 0.0.0.0:123: bind failed: No buffer space available"
+        );
+        let io: io::Error = e.into();
+        assert_eq!(io.raw_os_error(), None);
+        assert!(io.to_string().contains("No buffer space"));
+    }
+
+    #[test]
+    fn bind_unavailable_address() {
+        // 192.0.2.1 (TEST-NET-1) is on no interface here.
+        let a: SocketAddr = "192.0.2.1:0".parse().unwrap();
+        let e = bind_udp(a, false).unwrap_err();
+        assert_eq!(e, BindError::AddrNotAvailable { addr: a });
+        assert!(e
+            .to_string()
+            .contains("no interface of this host has address 192.0.2.1"));
+    }
+
+    #[test]
+    fn timestamping_flags_have_no_tx_generation() {
+        let cfg = TimestampingConfig {
+            rx_software: true,
+            rx_hardware: true,
+            tx_software: true,
+            tx_hardware: true,
+            opt_id: true,
+            tsonly: true,
+            pktinfo: true,
+            bind_phc: None,
+        };
+        let f = cfg.flags();
+        assert_eq!(f & (sof::TX_HARDWARE | sof::TX_SOFTWARE), 0);
+        assert_eq!(
+            f,
+            sof::RX_SOFTWARE
+                | sof::SOFTWARE
+                | sof::RX_HARDWARE
+                | sof::RAW_HARDWARE
+                | sof::OPT_ID
+                | sof::OPT_TSONLY
+                | sof::OPT_PKTINFO
+        );
+        assert_eq!(sof::OPT_ID, libc::SOF_TIMESTAMPING_OPT_ID);
+        assert_eq!(sof::OPT_TSONLY, libc::SOF_TIMESTAMPING_OPT_TSONLY);
+        assert_eq!(sof::OPT_PKTINFO, libc::SOF_TIMESTAMPING_OPT_PKTINFO);
+        assert_eq!(sof::BIND_PHC, libc::SOF_TIMESTAMPING_BIND_PHC);
+        assert_eq!(sof::RAW_HARDWARE, libc::SOF_TIMESTAMPING_RAW_HARDWARE);
+        assert_eq!(sof::RX_SOFTWARE, libc::SOF_TIMESTAMPING_RX_SOFTWARE);
+    }
+
+    #[test]
+    fn enable_timestamping_reads_back() {
+        let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let cfg = TimestampingConfig {
+            rx_software: true,
+            tx_software: true,
+            opt_id: true,
+            tsonly: true,
+            ..Default::default()
+        };
+        let set = enable_timestamping(fd.as_fd(), &cfg).unwrap();
+        let mut got = [0u32; 2];
+        let mut len = std::mem::size_of_val(&got) as libc::socklen_t;
+        // SAFETY: `got` is 8 writable bytes and `len` says so.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPING,
+                got.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        assert_eq!(got[0], set);
+    }
+
+    #[test]
+    fn bind_phc_without_bound_device_is_an_error() {
+        let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let cfg = TimestampingConfig {
+            rx_hardware: true,
+            bind_phc: Some(0),
+            ..Default::default()
+        };
+        let e = enable_timestamping(fd.as_fd(), &cfg).unwrap_err();
+        assert!(e.to_string().contains("SO_TIMESTAMPING"), "{e}");
+    }
+
+    #[test]
+    fn probe_opt_id_runs() {
+        let supported = probe_scm_ts_opt_id().unwrap();
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        println!(
+            "SCM_TS_OPT_ID supported: {supported} (kernel {})",
+            release.trim()
+        );
+        // 6.13 introduced it: check the probe agrees with the version.
+        let mut it = release.trim().split(['.', '-']);
+        let major: u32 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let minor: u32 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        if major > 0 {
+            assert_eq!(supported, (major, minor) >= (6, 13), "kernel {release}");
+        }
+    }
+
+    /// Full loopback round trip: RX software stamp and PKTINFO, a reply with a
+    /// per-message TX request, then the TX stamp from the error queue.
+    fn round_trip(server_addr: SocketAddr, client_bind: &str) {
+        let server = bind_udp(server_addr, false).unwrap();
+        let cfg = TimestampingConfig {
+            rx_software: true,
+            tx_software: true,
+            opt_id: true,
+            tsonly: true,
+            ..Default::default()
+        };
+        enable_timestamping(server.as_fd(), &cfg).unwrap();
+        let server_addr = local_addr(server.as_fd()).unwrap();
+        let client = UdpSocket::bind(client_bind).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+
+        let before = now_nanos();
+        client.send_to(b"request-48-bytes", server_addr).unwrap();
+        assert!(wait_for(server.as_fd(), libc::POLLIN), "no request");
+        let mut buf = [0u8; 64];
+        let mut control = CmsgBuffer::<256>::new();
+        let r = recv_with_control(server.as_fd(), &mut buf, &mut control.0, 0).unwrap();
+        assert_eq!(&buf[..r.len], b"request-48-bytes");
+        assert_eq!(r.src, Some(client.local_addr().unwrap()));
+        assert!(!r.control_truncated);
+        let meta = parse_rx_control(&control.0[..r.control_len]);
+        let rx = meta.software.expect("software RX stamp");
+        let after = now_nanos();
+        assert!(rx.as_nanos() >= before - 1_000_000_000 && rx.as_nanos() <= after + 1_000_000_000);
+        assert!(rx.as_nanos() <= after, "stamp after recv returned");
+        assert_eq!(meta.local_addr, Some(server_addr.ip()));
+        assert_eq!(meta.hardware, None);
+        assert_ne!(meta.ifindex, 0, "loopback ifindex");
+
+        // Reply with PKTINFO source, software TX stamp, key via SCM_TS_OPT_ID if supported.
+        let key_supported = probe_scm_ts_opt_id().unwrap();
+        let key = 0xabcd_1234;
+        let req = TxTsRequest {
+            software: true,
+            hardware: false,
+            opt_id: key_supported.then_some(key),
+        };
+        let mut reply_control = CmsgBuffer::<REPLY_CONTROL_SPACE>::new();
+        let n = cmsg::build_reply_control(
+            &mut reply_control.0,
+            Some((meta.local_addr.unwrap(), meta.ifindex)),
+            Some(req),
+        );
+        let sent_at = now_nanos();
+        let sent = send_with_control(
+            server.as_fd(),
+            b"reply",
+            r.src.unwrap(),
+            &reply_control.0[..n],
+        )
+        .unwrap();
+        assert_eq!(sent, 5);
+        let mut cbuf = [0u8; 16];
+        let (m, from) = client.recv_from(&mut cbuf).unwrap();
+        assert_eq!(&cbuf[..m], b"reply");
+        assert_eq!(from, server_addr);
+
+        // TX stamp: POLLERR signals the error queue.
+        assert!(wait_for(server.as_fd(), libc::POLLERR), "no TX stamp");
+        let mut got: Vec<TxTimestamp> = Vec::new();
+        let count = read_tx_timestamps(server.as_fd(), &mut |t| got.push(t)).unwrap();
+        assert_eq!(count, 1);
+        assert_eq!(got.len(), 1);
+        let t = got[0];
+        assert_eq!(t.key, if key_supported { key } else { 0 });
+        assert!(!t.hardware);
+        assert_eq!(t.tstype, cmsg::SCM_TSTAMP_SND);
+        assert!(t.time.as_nanos() >= rx.as_nanos());
+        assert!((t.time.as_nanos() - sent_at).abs() < 1_000_000_000);
+        // Nothing else queued.
+        assert_eq!(read_tx_timestamps(server.as_fd(), &mut |_| ()).unwrap(), 0);
+
+        // A basic reply without a request generates no TX stamp.
+        let n = cmsg::build_reply_control(
+            &mut reply_control.0,
+            Some((meta.local_addr.unwrap(), meta.ifindex)),
+            None,
+        );
+        send_with_control(
+            server.as_fd(),
+            b"basic",
+            r.src.unwrap(),
+            &reply_control.0[..n],
+        )
+        .unwrap();
+        let (m, _) = client.recv_from(&mut cbuf).unwrap();
+        assert_eq!(&cbuf[..m], b"basic");
+        assert!(!wait_ms(server.as_fd(), libc::POLLERR, 100));
+        assert_eq!(read_tx_timestamps(server.as_fd(), &mut |_| ()).unwrap(), 0);
+    }
+
+    #[test]
+    fn loopback_round_trip_v4() {
+        round_trip("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0");
+    }
+
+    #[test]
+    fn loopback_round_trip_v6() {
+        if UdpSocket::bind("[::1]:0").is_err() {
+            println!("SKIP: no IPv6 loopback");
+            return;
+        }
+        round_trip("[::1]:0".parse().unwrap(), "[::1]:0");
+    }
+}

@@ -1,6 +1,7 @@
-//! The Linux layer: sockets, `SO_TIMESTAMPING`, control messages, NIC ioctls.
-//! All `unsafe` of the project lives here and in the io_uring worker.
+//! The Linux layer: sockets, `SO_TIMESTAMPING`, control messages, NIC ioctls
+//! and the io_uring plumbing. All `unsafe` of the project lives here.
 //!
+//! * [`addr`]: socket addresses to and from the kernel's byte layout.
 //! * [`cmsg`]: pure parsing/building of control-message bytes (receive
 //!   timestamps, PKTINFO, error-queue transmit stamps, reply control data).
 //! * [`socket`]: binding UDP sockets, `SO_TIMESTAMPING`, `sendmsg`/`recvmsg`
@@ -8,9 +9,12 @@
 //! * [`errqueue`]: reading transmit timestamps with `MSG_ERRQUEUE`.
 //! * [`hwtstamp`]: NIC hardware timestamping configuration (`SIOCSHWTSTAMP`).
 //! * [`ethtool`]: interface capabilities (`ETHTOOL_GET_TS_INFO`), link speed, ifindex.
+//! * [`uring`]: the io_uring ring, provided buffers and send slots.
 
+pub mod addr;
 pub mod cmsg;
 pub mod errqueue;
 pub mod ethtool;
 pub mod hwtstamp;
 pub mod socket;
+pub mod uring;

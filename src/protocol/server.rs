@@ -150,8 +150,10 @@ pub struct RequestContext {
 /// The interleaved-mode memory: which exact transmit time belongs to a receive
 /// timestamp the server sent earlier. Implemented outside the core.
 pub trait InterleaveLookup {
-    /// Remove and return the exact transmit time of the response whose receive
+    /// Remove and return the transmit time of the response whose receive
     /// timestamp was `served_receive`, if remembered. Each entry is answered once.
+    /// The low bit of the returned value is 1 if it is only the pre-send reading
+    /// (no exact timestamp arrived), 0 if it is exact; it is cleared when served.
     fn take(&self, served_receive: NtpTimestamp) -> Option<NtpTimestamp>;
 }
 
@@ -170,8 +172,13 @@ pub enum ReplyKind {
     /// Basic mode: transmit is a pre-send clock reading the caller should refresh
     /// just before sending.
     Basic,
-    /// Interleaved mode: transmit is the exact time of the previous response.
-    Interleaved,
+    /// Interleaved mode: transmit is the time of the previous response to this
+    /// client; `exact` says whether the kernel or NIC reported it (else it is the
+    /// pre-send reading, because the exact one never came).
+    Interleaved {
+        /// The served transmit time is a kernel or NIC timestamp.
+        exact: bool,
+    },
     /// A Kiss-o'-Death.
     Kod(KissCode),
 }
@@ -313,7 +320,13 @@ pub fn respond(
     };
 
     let (origin, transmit, kind) = match previous_tx {
-        Some(tx) => (req.receive, tx, ReplyKind::Interleaved),
+        Some(tx) => (
+            req.receive,
+            tx.with_even_low_bit(),
+            ReplyKind::Interleaved {
+                exact: tx.to_bits() & 1 == 0,
+            },
+        ),
         None => (
             req.transmit,
             ctx.transmit_time.with_even_low_bit(),
@@ -534,12 +547,25 @@ mod tests {
         let mut out = [0u8; 48];
         let d = respond(&req, &ctx(), &state(), &table, &mut out);
         let Decision::Reply(r) = d else { panic!() };
-        assert_eq!(r.kind, ReplyKind::Interleaved);
+        assert_eq!(r.kind, ReplyKind::Interleaved { exact: true });
         assert!(r.want_tx_timestamp);
         let h = Header::parse(&out).unwrap();
         assert_eq!(h.origin, NtpTimestamp(0x7777));
         assert_eq!(h.transmit, exact_tx);
         assert_eq!(h.receive, r.served_receive);
+        // a pre-send (inexact) entry is marked by its low bit and served even
+        table.0.borrow_mut().insert(0x5555, exact_tx.0 | 1);
+        req[24..32].copy_from_slice(&0x5555u64.to_be_bytes());
+        let d = respond(&req, &ctx(), &state(), &table, &mut out);
+        assert!(matches!(
+            d,
+            Decision::Reply(Reply {
+                kind: ReplyKind::Interleaved { exact: false },
+                ..
+            })
+        ));
+        assert_eq!(Header::parse(&out).unwrap().transmit, exact_tx);
+        req[24..32].copy_from_slice(&prev_rx.0.to_be_bytes());
         // answered once: the same request again is basic
         let d = respond(&req, &ctx(), &state(), &table, &mut out);
         assert!(matches!(

@@ -1,0 +1,678 @@
+//! io_uring plumbing for a UDP worker: the ring, a provided-buffer ring for
+//! multishot `recvmsg`, and fixed send slots whose `msghdr`s stay valid while the
+//! kernel uses them. The `unsafe` of the data path lives here; the event loop in
+//! `server::worker` only calls the safe methods.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::addr::{write_sockaddr, SOCKADDR_MAX};
+
+/// `SOCKET_URING_OP_TX_TIMESTAMP` (include/uapi/linux/io_uring.h, Linux 6.15).
+pub const SOCKET_URING_OP_TX_TIMESTAMP: u32 = 4;
+/// `IORING_TIMESTAMP_HW_SHIFT`: bit of `cqe.flags` set for a hardware timestamp.
+pub const IORING_TIMESTAMP_HW_SHIFT: u32 = 16;
+/// `IORING_TIMESTAMP_TYPE_SHIFT`: the timestamp type (`SCM_TSTAMP_*`) starts here.
+pub const IORING_TIMESTAMP_TYPE_SHIFT: u32 = IORING_TIMESTAMP_HW_SHIFT + 1;
+/// `IORING_CQE_F_TSTAMP_HW`.
+pub const IORING_CQE_F_TSTAMP_HW: u32 = 1 << IORING_TIMESTAMP_HW_SHIFT;
+
+/// Space reserved for control data in each receive buffer: `SCM_TIMESTAMPING`
+/// (three timespecs), `IP(V6)_PKTINFO`, `SCM_TIMESTAMPING_PKTINFO`, with room to spare.
+pub const RECV_CONTROL_SPACE: usize = 256;
+
+/// Control space of a send slot: `IP(V6)_PKTINFO` plus a per-message
+/// `SO_TIMESTAMPING` request and its `SCM_TS_OPT_ID` key.
+pub const REPLY_CONTROL_SPACE: usize = 128;
+
+/// Largest payload a send slot holds (a reply is never longer than its request,
+/// and this server's replies are 48 octets).
+pub const SEND_PAYLOAD_MAX: usize = 64;
+
+/// A completion, copied out of the ring.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Completion {
+    /// The `user_data` of the submission.
+    pub user_data: u64,
+    /// The result (negative errno on error).
+    pub result: i32,
+    /// `IORING_CQE_F_*` flags.
+    pub flags: u32,
+    /// The second half of a 32-octet CQE (a TX timestamp's `io_timespec`).
+    pub extra: [u64; 2],
+}
+
+impl Completion {
+    /// Whether a multishot request stays armed after this completion.
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer this completion consumed, if any.
+    pub fn buffer_id(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+}
+
+/// Sizes of one worker's ring and buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct RingConfig {
+    /// Submission queue entries.
+    pub sq_entries: u32,
+    /// Completion queue entries.
+    pub cq_entries: u32,
+    /// Provided receive buffers (a power of two, at most 32768).
+    pub recv_buffers: u16,
+    /// Size of each receive buffer, including the `io_uring_recvmsg_out` header,
+    /// name and control space.
+    pub recv_buffer_size: usize,
+    /// Send slots (replies in flight at once).
+    pub send_slots: u16,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig {
+            sq_entries: 1024,
+            cq_entries: 4096,
+            recv_buffers: 1024,
+            recv_buffer_size: 2048,
+            send_slots: 1024,
+        }
+    }
+}
+
+/// The ring itself (32-octet completions so TX-timestamp commands can be used).
+pub struct Ring {
+    ring: IoUring<squeue::Entry, cqueue::Entry32>,
+    /// `io_uring_enter` calls made, for statistics.
+    pub enters: u64,
+}
+
+fn ring_error(e: io::Error) -> io::Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSYS) => {
+            "the kernel has no io_uring (Linux 5.1+ needed, 6.0+ for this server)"
+        }
+        Some(libc::EPERM) => {
+            "io_uring is disabled (sysctl kernel.io_uring_disabled, or a seccomp/container policy)"
+        }
+        Some(libc::EINVAL) => {
+            "the kernel's io_uring lacks a needed feature (32-octet completions need Linux 5.19+)"
+        }
+        Some(libc::ENOMEM) => "not enough locked memory for the ring (raise RLIMIT_MEMLOCK)",
+        _ => "io_uring setup failed",
+    };
+    io::Error::new(e.kind(), format!("{hint}: {e}"))
+}
+
+impl Ring {
+    /// Create a ring.
+    pub fn new(cfg: &RingConfig) -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_cqsize(cfg.cq_entries)
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .build(cfg.sq_entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(cfg.cq_entries)
+                    .build(cfg.sq_entries)
+            })
+            .map_err(ring_error)?;
+        Ok(Ring { ring, enters: 0 })
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        // SAFETY: every entry built by this module points only into memory owned by
+        // a `BufRing`, `RecvTemplate` or `SendSlots` that outlives the request (the
+        // worker keeps them until the ring is dropped and frees a send slot only on
+        // its completion).
+        let pushed = unsafe { self.ring.submission().push(entry) };
+        if pushed.is_err() {
+            // Queue full: hand what is queued to the kernel and try once more.
+            self.submit()?;
+            // SAFETY: as above.
+            unsafe { self.ring.submission().push(entry) }
+                .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "submission queue full"))?;
+        }
+        Ok(())
+    }
+
+    /// Submit what is queued without waiting.
+    pub fn submit(&mut self) -> io::Result<usize> {
+        self.enters += 1;
+        self.ring.submit()
+    }
+
+    /// Submit what is queued and wait up to `timeout` for at least one completion.
+    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        self.enters += 1;
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copy up to `out.len()` completions out of the ring; returns how many.
+    pub fn reap(&mut self, out: &mut [Completion]) -> usize {
+        let mut n = 0;
+        let mut cq = self.ring.completion();
+        while n < out.len() {
+            let Some(cqe) = cq.next() else { break };
+            out[n] = Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+                extra: *cqe.big_cqe(),
+            };
+            n += 1;
+        }
+        n
+    }
+
+    /// Arm a multishot `recvmsg` on `fd` into the provided buffers of `bufs`.
+    pub fn arm_recv(
+        &mut self,
+        fd: RawFd,
+        template: &RecvTemplate,
+        bufs: &BufRing,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*template.hdr, bufs.bgid)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Arm io_uring's multishot socket command that posts each transmit timestamp
+    /// from `fd`'s error queue as a completion (Linux 6.15+).
+    pub fn arm_tx_timestamps(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+        let e = opcode::UringCmd16::new(types::Fd(fd), SOCKET_URING_OP_TX_TIMESTAMP)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Arm a multishot poll for `POLLERR` on `fd` (the error-queue fallback).
+    pub fn arm_poll_err(&mut self, fd: RawFd, user_data: u64) -> io::Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLERR as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Queue the send prepared in slot `id` of `slots` on `fd`.
+    pub fn push_send(
+        &mut self,
+        fd: RawFd,
+        slots: &mut SendSlots,
+        id: u16,
+        user_data: u64,
+    ) -> io::Result<()> {
+        let hdr = slots.finalize(id);
+        let e = opcode::SendMsg::new(types::Fd(fd), hdr)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Register `bufs` with the kernel as buffer group `bufs.bgid`.
+    pub fn register(&mut self, bufs: &BufRing) -> io::Result<()> {
+        // SAFETY: `bufs.entries` is page-aligned memory of `bufs.count` entries that
+        // lives until `unregister` (the worker calls it before dropping `bufs`).
+        unsafe {
+            self.ring.submitter().register_buf_ring_with_flags(
+                bufs.entries as u64,
+                bufs.count,
+                bufs.bgid,
+                0,
+            )
+        }
+        .map_err(|e| {
+            let hint = if e.raw_os_error() == Some(libc::EINVAL) {
+                "provided buffer rings need Linux 5.19+ (multishot recvmsg 6.0+)"
+            } else {
+                "registering the receive buffer ring failed"
+            };
+            io::Error::new(e.kind(), format!("{hint}: {e}"))
+        })
+    }
+
+    /// Unregister a buffer group.
+    pub fn unregister(&mut self, bufs: &BufRing) {
+        let _ = self.ring.submitter().unregister_buf_ring(bufs.bgid);
+    }
+}
+
+/// A provided-buffer ring: `count` receive buffers the kernel picks from.
+pub struct BufRing {
+    entries: *mut types::BufRingEntry,
+    map_len: usize,
+    data: Box<[u8]>,
+    count: u16,
+    buf_size: usize,
+    tail: u16,
+    /// The buffer group id.
+    pub bgid: u16,
+}
+
+// SAFETY: the raw pointer is to an anonymous mapping owned exclusively by this
+// value; moving it to another thread moves that ownership.
+unsafe impl Send for BufRing {}
+
+impl BufRing {
+    /// Allocate `count` (a power of two) buffers of `buf_size` octets.
+    pub fn new(count: u16, buf_size: usize, bgid: u16) -> io::Result<Self> {
+        if !count.is_power_of_two() || count > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer count must be a power of two <= 32768",
+            ));
+        }
+        let map_len = usize::from(count) * std::mem::size_of::<types::BufRingEntry>();
+        // SAFETY: an anonymous private mapping; the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let mut ring = BufRing {
+            entries: p.cast(),
+            map_len,
+            data: vec![0u8; usize::from(count) * buf_size].into_boxed_slice(),
+            count,
+            buf_size,
+            tail: 0,
+            bgid,
+        };
+        for bid in 0..count {
+            ring.push_buffer(bid);
+        }
+        ring.publish();
+        Ok(ring)
+    }
+
+    fn push_buffer(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (self.count - 1));
+        let addr = self.data[usize::from(bid) * self.buf_size..].as_ptr() as u64;
+        // SAFETY: idx < count, so the entry is inside the mapping; the kernel only
+        // reads entries between its head and the published tail, and this one is
+        // beyond the published tail until `publish`.
+        let entry = unsafe { &mut *self.entries.add(idx) };
+        entry.set_addr(addr);
+        entry.set_len(self.buf_size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Make buffers given back since the last call visible to the kernel.
+    pub fn publish(&mut self) {
+        // SAFETY: `entries` is the ring base; the tail field overlays entry 0's
+        // reserved field, and the kernel reads it with acquire semantics.
+        unsafe {
+            let tail =
+                types::BufRingEntry::tail(self.entries) as *const std::sync::atomic::AtomicU16;
+            (*tail).store(self.tail, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Give buffer `bid` back (visible to the kernel after [`BufRing::publish`]).
+    pub fn recycle(&mut self, bid: u16) {
+        if bid < self.count {
+            self.push_buffer(bid);
+        }
+    }
+
+    /// The contents of buffer `bid` (the whole buffer; parse with [`RecvTemplate`]).
+    pub fn buffer(&self, bid: u16) -> Option<&[u8]> {
+        let start = usize::from(bid).checked_mul(self.buf_size)?;
+        self.data.get(start..start + self.buf_size)
+    }
+
+    /// Memory held by the buffers and the ring, in octets.
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() + self.map_len
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping created in `new`, once.
+        unsafe { libc::munmap(self.entries.cast(), self.map_len) };
+    }
+}
+
+/// The `msghdr` a multishot `recvmsg` uses as its template (only the name and
+/// control lengths matter), and the parser of what it produces.
+pub struct RecvTemplate {
+    hdr: Box<libc::msghdr>,
+}
+
+// SAFETY: the msghdr holds no pointers (null name, control and iov).
+unsafe impl Send for RecvTemplate {}
+
+/// One received datagram, borrowed from its buffer.
+pub struct Received<'a> {
+    /// The source address bytes (`sockaddr_in` / `sockaddr_in6`).
+    pub name: &'a [u8],
+    /// The control messages.
+    pub control: &'a [u8],
+    /// The payload (possibly truncated: see `truncated`).
+    pub payload: &'a [u8],
+    /// The payload did not fit the buffer.
+    pub truncated: bool,
+    /// The control data did not fit.
+    pub control_truncated: bool,
+}
+
+impl RecvTemplate {
+    /// A template reserving room for an IPv6 address and [`RECV_CONTROL_SPACE`].
+    pub fn new() -> Self {
+        // SAFETY: msghdr is plain data; all-zero is a valid (empty) value.
+        let mut hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        hdr.msg_namelen = SOCKADDR_MAX as u32;
+        hdr.msg_controllen = RECV_CONTROL_SPACE;
+        RecvTemplate { hdr }
+    }
+
+    /// Split a filled buffer into name, control and payload. The buffer starts
+    /// with `struct io_uring_recvmsg_out` (four native-endian u32: name length,
+    /// control length, payload length, flags), then the reserved name and control
+    /// space, then the payload.
+    pub fn parse<'a>(&self, buffer: &'a [u8]) -> Option<Received<'a>> {
+        parse_recvmsg_out(
+            buffer,
+            self.hdr.msg_namelen as usize,
+            self.hdr.msg_controllen,
+        )
+    }
+}
+
+/// Parse a multishot `recvmsg` buffer laid out for `name_space` and
+/// `control_space` reserved octets. Pure; `None` if the buffer is too short.
+pub fn parse_recvmsg_out(
+    buffer: &[u8],
+    name_space: usize,
+    control_space: usize,
+) -> Option<Received<'_>> {
+    let word = |i: usize| -> Option<usize> {
+        let b = buffer.get(i * 4..i * 4 + 4)?;
+        Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let (namelen, controllen, payloadlen, flags) = (word(0)?, word(1)?, word(2)?, word(3)?);
+    let name_start = 16;
+    let control_start = name_start + name_space;
+    let payload_start = control_start + control_space;
+    let rest = buffer.get(payload_start..)?;
+    Some(Received {
+        name: &buffer[name_start..name_start + namelen.min(name_space)],
+        control: &buffer[control_start..control_start + controllen.min(control_space)],
+        payload: &rest[..payloadlen.min(rest.len())],
+        truncated: flags & libc::MSG_TRUNC as usize != 0 || payloadlen > rest.len(),
+        control_truncated: flags & libc::MSG_CTRUNC as usize != 0 || controllen > control_space,
+    })
+}
+
+impl Default for RecvTemplate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Control-data storage with the alignment `cmsghdr` needs.
+#[repr(C, align(8))]
+struct AlignedControl([u8; REPLY_CONTROL_SPACE]);
+
+/// One reply being built or in flight.
+#[repr(C)]
+struct SendSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    name: [u8; SOCKADDR_MAX],
+    control: AlignedControl,
+    payload: [u8; SEND_PAYLOAD_MAX],
+    name_len: u32,
+    control_len: usize,
+    payload_len: usize,
+}
+
+/// Fixed send slots. A slot is taken with [`SendSlots::alloc`], filled, queued
+/// with [`Ring::push_send`] and given back with [`SendSlots::release`] when its
+/// completion arrives; its memory never moves.
+pub struct SendSlots {
+    slots: Box<[SendSlot]>,
+    free: Vec<u16>,
+}
+
+// SAFETY: the raw pointers in each slot's msghdr point into the same boxed slice,
+// which moves with it.
+unsafe impl Send for SendSlots {}
+
+impl SendSlots {
+    /// `n` slots.
+    pub fn new(n: u16) -> Self {
+        let slots = (0..n)
+            .map(|_| SendSlot {
+                // SAFETY: msghdr and iovec are plain data; zero is a valid value.
+                hdr: unsafe { std::mem::zeroed() },
+                // SAFETY: as above.
+                iov: unsafe { std::mem::zeroed() },
+                name: [0; SOCKADDR_MAX],
+                control: AlignedControl([0; REPLY_CONTROL_SPACE]),
+                payload: [0; SEND_PAYLOAD_MAX],
+                name_len: 0,
+                control_len: 0,
+                payload_len: 0,
+            })
+            .collect();
+        SendSlots {
+            slots,
+            free: (0..n).rev().collect(),
+        }
+    }
+
+    /// Take a free slot.
+    pub fn alloc(&mut self) -> Option<u16> {
+        self.free.pop()
+    }
+
+    /// Give a slot back (on its send completion). Ignores ids out of range.
+    pub fn release(&mut self, id: u16) {
+        if usize::from(id) < self.slots.len() && self.free.len() < self.slots.len() {
+            self.free.push(id);
+        }
+    }
+
+    /// Slots currently in flight.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// The payload buffer of slot `id`.
+    pub fn payload_mut(&mut self, id: u16) -> &mut [u8; SEND_PAYLOAD_MAX] {
+        &mut self.slots[usize::from(id)].payload
+    }
+
+    /// The control buffer of slot `id`.
+    pub fn control_mut(&mut self, id: u16) -> &mut [u8; REPLY_CONTROL_SPACE] {
+        &mut self.slots[usize::from(id)].control.0
+    }
+
+    /// Set the destination and the lengths of payload and control data of slot `id`.
+    pub fn set(
+        &mut self,
+        id: u16,
+        dest: &std::net::SocketAddr,
+        payload_len: usize,
+        control_len: usize,
+    ) {
+        let s = &mut self.slots[usize::from(id)];
+        s.name_len = write_sockaddr(dest, &mut s.name) as u32;
+        s.payload_len = payload_len.min(SEND_PAYLOAD_MAX);
+        s.control_len = control_len.min(REPLY_CONTROL_SPACE);
+    }
+
+    fn finalize(&mut self, id: u16) -> *const libc::msghdr {
+        let s = &mut self.slots[usize::from(id)];
+        s.iov.iov_base = s.payload.as_mut_ptr().cast();
+        s.iov.iov_len = s.payload_len;
+        s.hdr.msg_name = s.name.as_mut_ptr().cast();
+        s.hdr.msg_namelen = s.name_len;
+        s.hdr.msg_iov = &mut s.iov;
+        s.hdr.msg_iovlen = 1;
+        s.hdr.msg_control = if s.control_len > 0 {
+            s.control.0.as_mut_ptr().cast()
+        } else {
+            std::ptr::null_mut()
+        };
+        s.hdr.msg_controllen = s.control_len;
+        s.hdr.msg_flags = 0;
+        &s.hdr
+    }
+}
+
+/// Whether this kernel's io_uring has the socket TX-timestamp command
+/// (`SOCKET_URING_OP_TX_TIMESTAMP`, Linux 6.15+): arm it on a throwaway socket
+/// and see whether it is refused at once.
+pub fn probe_tx_timestamp_command() -> bool {
+    let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+        return false;
+    };
+    let Ok(mut ring) = Ring::new(&RingConfig {
+        sq_entries: 4,
+        cq_entries: 8,
+        ..RingConfig::default()
+    }) else {
+        return false;
+    };
+    use std::os::fd::AsRawFd;
+    if ring.arm_tx_timestamps(sock.as_raw_fd(), 1).is_err() {
+        return false;
+    }
+    if ring.submit_and_wait(Duration::from_millis(50)).is_err() {
+        return false;
+    }
+    let mut c = [Completion::default(); 4];
+    let n = ring.reap(&mut c);
+    // Still armed (no completion), or a completion that keeps it armed: supported.
+    n == 0 || c[..n].iter().all(|c| c.result >= 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn recvmsg_out_fixture() {
+        let mut b = vec![0u8; 16 + 28 + 256 + 48];
+        for (i, v) in [16u32, 24, 48, 0].iter().enumerate() {
+            b[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        b[16] = 2; // AF_INET
+        b[16 + 28] = 0xcc;
+        b[16 + 28 + 256] = 0x23;
+        let r = parse_recvmsg_out(&b, 28, 256).unwrap();
+        assert_eq!(
+            (r.name.len(), r.control.len(), r.payload.len()),
+            (16, 24, 48)
+        );
+        assert_eq!((r.name[0], r.control[0], r.payload[0]), (2, 0xcc, 0x23));
+        assert!(!r.truncated && !r.control_truncated);
+        // a payload longer than the buffer, MSG_CTRUNC, garbage lengths
+        b[8..12].copy_from_slice(&5000u32.to_ne_bytes());
+        b[12..16].copy_from_slice(&(libc::MSG_CTRUNC as u32).to_ne_bytes());
+        let r = parse_recvmsg_out(&b, 28, 256).unwrap();
+        assert!(r.truncated && r.control_truncated);
+        assert_eq!(r.payload.len(), 48);
+        b[0..4].copy_from_slice(&u32::MAX.to_ne_bytes());
+        assert_eq!(parse_recvmsg_out(&b, 28, 256).unwrap().name.len(), 28);
+        assert!(parse_recvmsg_out(&b[..100], 28, 256).is_none());
+        assert!(parse_recvmsg_out(&[], 28, 256).is_none());
+    }
+
+    #[test]
+    fn multishot_recv_and_send_on_loopback() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let cfg = RingConfig {
+            recv_buffers: 8,
+            recv_buffer_size: 1024,
+            send_slots: 4,
+            ..RingConfig::default()
+        };
+        let mut ring = Ring::new(&cfg).unwrap();
+        let mut bufs = BufRing::new(cfg.recv_buffers, cfg.recv_buffer_size, 7).unwrap();
+        ring.register(&bufs).unwrap();
+        let tmpl = RecvTemplate::new();
+        ring.arm_recv(server.as_raw_fd(), &tmpl, &bufs, 11).unwrap();
+        ring.submit().unwrap();
+        for i in 0..20u8 {
+            client
+                .send_to(&[i; 48], server.local_addr().unwrap())
+                .unwrap();
+            let mut got = None;
+            for _ in 0..100 {
+                ring.submit_and_wait(Duration::from_millis(20)).unwrap();
+                let mut c = [Completion::default(); 8];
+                let n = ring.reap(&mut c);
+                // skip the previous iteration's send completion (user_data 99)
+                if let Some(r) = c[..n].iter().find(|c| c.user_data == 11) {
+                    got = Some(*r);
+                    break;
+                }
+            }
+            let c = got.expect("completion");
+            assert_eq!(c.user_data, 11);
+            assert!(c.result > 0, "{}", c.result);
+            assert!(c.more(), "multishot stays armed");
+            let bid = c.buffer_id().unwrap();
+            let r = tmpl.parse(bufs.buffer(bid).unwrap()).unwrap();
+            assert_eq!(r.payload, &[i; 48]);
+            assert_eq!(
+                crate::net::addr::parse_sockaddr(r.name),
+                Some(client.local_addr().unwrap())
+            );
+            // Reply from a send slot.
+            let mut slots = SendSlots::new(4);
+            let id = slots.alloc().unwrap();
+            slots.payload_mut(id)[..4].copy_from_slice(b"pong");
+            slots.set(id, &client.local_addr().unwrap(), 4, 0);
+            bufs.recycle(bid); // 20 datagrams through 8 buffers: recycling must work
+            bufs.publish();
+            ring.push_send(server.as_raw_fd(), &mut slots, id, 99)
+                .unwrap();
+            ring.submit().unwrap();
+            let mut b = [0u8; 16];
+            let (n, _) = client.recv_from(&mut b).unwrap();
+            assert_eq!(&b[..n], b"pong");
+        }
+        ring.unregister(&bufs);
+    }
+}

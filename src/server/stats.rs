@@ -1,0 +1,211 @@
+//! Per-worker counters, summed for reports.
+//!
+//! Each worker owns one [`WorkerStats`] and is its only writer, so an increment is
+//! a relaxed load and store (no atomic read-modify-write, no shared cache line on
+//! the hot path); the reporter thread reads them with relaxed loads. Reports are
+//! written in the Prometheus text format (usable by node_exporter's textfile
+//! collector) and summarised in the log.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::protocol::server::DropReason;
+
+macro_rules! counters {
+    ($( $field:ident => $metric:literal, $label:literal, $help:literal; )*) => {
+        /// Counters of one worker. See the README for what each means.
+        #[derive(Default)]
+        #[repr(align(128))]
+        pub struct WorkerStats {
+            $( #[doc = $help] pub $field: AtomicU64, )*
+            /// Requests dropped by the protocol core, by [`DropReason`].
+            pub drops: [AtomicU64; DropReason::COUNT],
+        }
+
+        /// A plain-number copy of the counters (one worker, or the sum of all).
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $( #[doc = $help] pub $field: u64, )*
+            /// Drops by [`DropReason`], indexed by `reason as usize`.
+            pub drops: [u64; DropReason::COUNT],
+        }
+
+        impl WorkerStats {
+            /// Read all counters.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot {
+                    $( $field: self.$field.load(Ordering::Relaxed), )*
+                    drops: std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed)),
+                }
+            }
+        }
+
+        impl StatsSnapshot {
+            /// Add another snapshot into this one.
+            pub fn add(&mut self, other: &StatsSnapshot) {
+                $( self.$field += other.$field; )*
+                for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+                    *a += b;
+                }
+            }
+
+            /// The counters in the Prometheus text exposition format.
+            pub fn to_prometheus(&self) -> String {
+                let mut out = String::new();
+                let mut last = "";
+                $(
+                    if last != $metric {
+                        let _ = writeln!(out, "# TYPE {} counter", $metric);
+                        last = $metric;
+                    }
+                    if $label.is_empty() {
+                        let _ = writeln!(out, "{} {}", $metric, self.$field);
+                    } else {
+                        let _ = writeln!(out, "{}{{{}}} {}", $metric, $label, self.$field);
+                    }
+                )*
+                let _ = last;
+                let _ = writeln!(out, "# TYPE hwntpd_drops_total counter");
+                for r in DropReason::ALL {
+                    let _ = writeln!(out, "hwntpd_drops_total{{reason=\"{}\"}} {}", r.name(), self.drops[r as usize]);
+                }
+                out
+            }
+        }
+    };
+}
+
+counters! {
+    received => "hwntpd_received_total", "", "Datagrams received.";
+    replies_basic => "hwntpd_replies_total", "mode=\"basic\"", "Basic-mode replies sent.";
+    replies_interleaved => "hwntpd_replies_total", "mode=\"interleaved\"", "Interleaved-mode replies sent.";
+    replies_kod => "hwntpd_replies_total", "mode=\"kod\"", "Kiss-o'-Death replies sent.";
+    rx_ts_hardware => "hwntpd_rx_timestamps_total", "source=\"hardware\"", "Receive timestamps taken from the NIC.";
+    rx_ts_kernel => "hwntpd_rx_timestamps_total", "source=\"kernel\"", "Receive timestamps taken from the kernel (software).";
+    rx_ts_user => "hwntpd_rx_timestamps_total", "source=\"user\"", "Receive timestamps read in user space after receipt.";
+    tx_ts_requested => "hwntpd_tx_timestamps_requested_total", "", "Replies sent with a request for a transmit timestamp.";
+    tx_ts_hardware => "hwntpd_tx_timestamps_total", "source=\"hardware\"", "Transmit timestamps from the NIC.";
+    tx_ts_kernel => "hwntpd_tx_timestamps_total", "source=\"kernel\"", "Transmit timestamps from the kernel (software).";
+    tx_ts_daemon => "hwntpd_tx_timestamps_total", "source=\"daemon\"", "Interleaved replies that served the pre-send (daemon) timestamp because no exact one came.";
+    tx_ts_missed => "hwntpd_tx_timestamp_misses_total", "", "Requested transmit timestamps that never arrived.";
+    tx_ts_late => "hwntpd_tx_timestamp_late_total", "", "Transmit timestamps that arrived more than 1 s late (ignored).";
+    tx_ts_unmatched => "hwntpd_tx_timestamp_unmatched_total", "", "Transmit timestamps whose key matched no pending reply.";
+    send_errors => "hwntpd_send_errors_total", "", "Replies the kernel refused to send.";
+    send_queue_full => "hwntpd_send_queue_full_total", "", "Replies dropped because every send slot was in flight.";
+    truncated => "hwntpd_truncated_total", "", "Datagrams dropped because they or their control data did not fit a receive buffer.";
+    recv_errors => "hwntpd_recv_errors_total", "", "Receive completions with an error (including buffer exhaustion).";
+    recv_rearms => "hwntpd_recv_rearms_total", "", "Times a multishot receive ended and was re-armed.";
+    ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
+    other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
+}
+
+impl StatsSnapshot {
+    /// Total requests dropped by the protocol core.
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Total replies sent (all modes).
+    pub fn total_replies(&self) -> u64 {
+        self.replies_basic + self.replies_interleaved + self.replies_kod
+    }
+
+    /// One summary line for the log.
+    pub fn summary(&self) -> String {
+        let mut drops = String::new();
+        for r in DropReason::ALL {
+            let n = self.drops[r as usize];
+            if n > 0 {
+                let _ = write!(drops, " {}={}", r.name(), n);
+            }
+        }
+        format!(
+            "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
+             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} drops={}{}",
+            self.received,
+            self.total_replies(),
+            self.replies_basic,
+            self.replies_interleaved,
+            self.replies_kod,
+            self.rx_ts_hardware,
+            self.rx_ts_kernel,
+            self.rx_ts_user,
+            self.tx_ts_hardware,
+            self.tx_ts_kernel,
+            self.tx_ts_daemon,
+            self.tx_ts_missed,
+            self.tx_ts_late,
+            self.send_errors,
+            self.send_queue_full,
+            self.truncated,
+            self.total_drops(),
+            drops
+        )
+    }
+}
+
+/// Add one to a counter this thread alone writes (no atomic read-modify-write).
+#[inline]
+pub fn bump(counter: &AtomicU64) {
+    add(counter, 1);
+}
+
+/// Add `n` to a counter this thread alone writes.
+#[inline]
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
+/// Sum the snapshots of several workers.
+pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerStats>) -> StatsSnapshot {
+    let mut total = StatsSnapshot::default();
+    for w in workers {
+        total.add(&w.snapshot());
+    }
+    total
+}
+
+/// Parse a Prometheus text file written by [`StatsSnapshot::to_prometheus`] into
+/// (metric-with-labels, value) pairs; used by tests and tools.
+pub fn parse_prometheus(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_and_exports() {
+        let a = WorkerStats::default();
+        let b = WorkerStats::default();
+        bump(&a.received);
+        add(&b.received, 2);
+        bump(&a.drops[DropReason::ModeControl as usize]);
+        bump(&b.rx_ts_kernel);
+        let total = sum([&a, &b]);
+        assert_eq!(total.received, 3);
+        assert_eq!(total.total_drops(), 1);
+        let text = total.to_prometheus();
+        let kv = parse_prometheus(&text);
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        assert_eq!(get("hwntpd_received_total"), Some(3));
+        assert_eq!(get("hwntpd_drops_total{reason=\"mode_control\"}"), Some(1));
+        assert_eq!(
+            get("hwntpd_rx_timestamps_total{source=\"kernel\"}"),
+            Some(1)
+        );
+        assert_eq!(get("hwntpd_replies_total{mode=\"basic\"}"), Some(0));
+        assert_eq!(text.matches("# TYPE hwntpd_replies_total").count(), 1);
+        assert!(total.summary().contains("mode_control=1"));
+    }
+}

@@ -1,0 +1,594 @@
+//! One worker: an io_uring event loop over its own sockets (one per listen
+//! address, sharing the port with the other workers through `SO_REUSEPORT`).
+//!
+//! Each turn of the loop makes one `io_uring_enter` that submits the replies of
+//! the previous batch and waits for completions; the completions are then drained
+//! from the ring without system calls: received datagrams are decided by the
+//! protocol core and their replies queued; the transmit timestamp of every basic
+//! reply in the batch is read once, as late as possible, just before the batch is
+//! handed to the kernel.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock::realtime;
+use crate::clock::snapshot::StateCell;
+use crate::net::addr::parse_sockaddr;
+use crate::net::cmsg::{
+    build_reply_control, parse_rx_control, KernelTime, TxTimestamp, TxTsRequest,
+};
+use crate::net::errqueue::read_tx_timestamps;
+use crate::net::uring::{
+    BufRing, Completion, RecvTemplate, Ring, RingConfig, SendSlots, IORING_CQE_F_TSTAMP_HW,
+    SEND_PAYLOAD_MAX,
+};
+use crate::protocol::packet::set_transmit;
+use crate::protocol::server::{
+    respond, Admission, Decision, NoInterleave, ReplyKind, RequestContext,
+};
+use crate::protocol::NtpTimestamp;
+use crate::server::interleave::InterleaveTable;
+use crate::server::stats::{add, bump, WorkerStats};
+
+/// How a worker learns the exact transmit time of a reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxTimestampMode {
+    /// Not at all (interleaved mode off, or `--timestamping user`).
+    Off,
+    /// io_uring's socket command `SOCKET_URING_OP_TX_TIMESTAMP` (Linux 6.15+).
+    UringCommand,
+    /// Poll for `POLLERR` through the ring, then read the error queue.
+    ErrorQueue,
+}
+
+/// Which receive timestamps the sockets deliver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxTimestamps {
+    /// Hardware where set, else kernel software, else user space.
+    Kernel,
+    /// No `SO_TIMESTAMPING`: read the clock in user space after receipt.
+    User,
+}
+
+/// Converts NIC hardware timestamps (in the NIC's clock) to UTC.
+pub trait HardwareClock: Send + Sync {
+    /// The UTC time of a hardware timestamp, or `None` if it cannot be converted
+    /// now (then the software timestamp is used).
+    fn to_utc(&self, hw: KernelTime) -> Option<NtpTimestamp>;
+}
+
+/// A hardware clock assumed to run in UTC already (e.g. kept by phc2sys in UTC).
+pub struct HardwareIsUtc;
+
+impl HardwareClock for HardwareIsUtc {
+    fn to_utc(&self, hw: KernelTime) -> Option<NtpTimestamp> {
+        Some(NtpTimestamp::from_unix(hw.sec, hw.nsec))
+    }
+}
+
+/// One listening socket of a worker.
+pub struct WorkerSocket {
+    /// The socket.
+    pub fd: OwnedFd,
+    /// The address it is bound to.
+    pub local: SocketAddr,
+}
+
+/// Everything a worker needs; moved into its thread.
+pub struct WorkerConfig {
+    /// Worker number (for logs).
+    pub id: usize,
+    /// Its sockets.
+    pub sockets: Vec<WorkerSocket>,
+    /// The server state snapshot.
+    pub state: Arc<StateCell>,
+    /// The interleaved-mode table shared by all workers (`None`: interleaved off).
+    pub table: Option<Arc<InterleaveTable>>,
+    /// This worker's counters.
+    pub stats: Arc<WorkerStats>,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// How transmit timestamps arrive.
+    pub tx_mode: TxTimestampMode,
+    /// Ask the NIC (true) or the kernel (false) for transmit timestamps.
+    pub tx_hardware: bool,
+    /// Pass the key with `SCM_TS_OPT_ID` (Linux 6.13+) instead of relying on the
+    /// socket's counter.
+    pub explicit_tx_key: bool,
+    /// Receive timestamp source.
+    pub rx: RxTimestamps,
+    /// Converter for hardware timestamps.
+    pub hardware: Arc<dyn HardwareClock>,
+    /// Ring sizes.
+    pub ring: RingConfig,
+    /// CPU to pin to.
+    pub cpu: Option<usize>,
+}
+
+const KIND_SHIFT: u32 = 56;
+const KIND_RECV: u64 = 1;
+const KIND_SEND: u64 = 2;
+const KIND_TXTS: u64 = 3;
+const KIND_POLLERR: u64 = 4;
+
+fn tag(kind: u64, socket: usize, extra: u64) -> u64 {
+    (kind << KIND_SHIFT) | ((socket as u64 & 0xff) << 48) | (extra & 0xffff_ffff_ffff)
+}
+
+fn untag(user_data: u64) -> (u64, usize, u64) {
+    (
+        user_data >> KIND_SHIFT,
+        ((user_data >> 48) & 0xff) as usize,
+        user_data & 0xffff_ffff_ffff,
+    )
+}
+
+/// Transmit timestamps that arrive later than this are ignored (the pre-send
+/// timestamp stays in the table).
+pub const TX_TIMESTAMP_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Replies waiting for their transmit timestamp, per socket, indexed by key.
+const PENDING_TX: usize = 4096;
+
+#[derive(Clone, Copy, Default)]
+struct PendingTx {
+    key: u32,
+    waiting: bool,
+    served_receive: NtpTimestamp,
+    sent_at: Option<Instant>,
+}
+
+struct SocketState {
+    fd: RawFd,
+    local: SocketAddr,
+    next_key: u32,
+    pending: Box<[PendingTx]>,
+}
+
+/// A reply of the current batch, queued in a send slot and not yet submitted.
+#[derive(Clone, Copy)]
+struct Queued {
+    slot: u16,
+    socket: usize,
+    patch_transmit: bool,
+    served_receive: NtpTimestamp,
+    want_tx: bool,
+    tx_key: u32,
+}
+
+/// What kind of reply a send slot carries, for counting on completion.
+#[derive(Clone, Copy, Default)]
+enum SlotKind {
+    #[default]
+    Basic,
+    Interleaved,
+    Kod,
+}
+
+/// A running worker's loop state.
+pub struct Worker {
+    // Field order matters: the ring is dropped (closed) before the memory it uses.
+    ring: Ring,
+    bufs: BufRing,
+    template: RecvTemplate,
+    slots: SendSlots,
+    slot_kind: Vec<SlotKind>,
+    sockets: Vec<SocketState>,
+    batch: Vec<Queued>,
+    cqes: Vec<Completion>,
+    cfg: WorkerConfig,
+}
+
+impl Worker {
+    /// Set up the ring and buffers and arm the receives.
+    pub fn new(cfg: WorkerConfig) -> std::io::Result<Self> {
+        let mut ring = Ring::new(&cfg.ring)?;
+        let bufs = BufRing::new(cfg.ring.recv_buffers, cfg.ring.recv_buffer_size, 0)?;
+        ring.register(&bufs)?;
+        let sockets = cfg
+            .sockets
+            .iter()
+            .map(|s| SocketState {
+                fd: s.fd.as_raw_fd(),
+                local: s.local,
+                next_key: 0,
+                pending: vec![PendingTx::default(); PENDING_TX].into_boxed_slice(),
+            })
+            .collect();
+        let n_slots = cfg.ring.send_slots;
+        let mut w = Worker {
+            ring,
+            bufs,
+            template: RecvTemplate::new(),
+            slots: SendSlots::new(n_slots),
+            slot_kind: vec![SlotKind::Basic; usize::from(n_slots)],
+            sockets,
+            batch: Vec::with_capacity(usize::from(n_slots)),
+            cqes: vec![Completion::default(); cfg.ring.cq_entries as usize],
+            cfg,
+        };
+        for i in 0..w.sockets.len() {
+            w.arm_recv(i)?;
+            match w.cfg.tx_mode {
+                TxTimestampMode::Off => {}
+                TxTimestampMode::UringCommand => w
+                    .ring
+                    .arm_tx_timestamps(w.sockets[i].fd, tag(KIND_TXTS, i, 0))?,
+                TxTimestampMode::ErrorQueue => w
+                    .ring
+                    .arm_poll_err(w.sockets[i].fd, tag(KIND_POLLERR, i, 0))?,
+            }
+        }
+        Ok(w)
+    }
+
+    fn arm_recv(&mut self, socket: usize) -> std::io::Result<()> {
+        let fd = self.sockets[socket].fd;
+        self.ring
+            .arm_recv(fd, &self.template, &self.bufs, tag(KIND_RECV, socket, 0))
+    }
+
+    /// Run until the stop flag is set.
+    pub fn run(mut self) -> std::io::Result<()> {
+        if let Some(cpu) = self.cfg.cpu {
+            pin_to_cpu(cpu);
+        }
+        let mut last_tick = Instant::now();
+        while !self.cfg.stop.load(Ordering::Relaxed) {
+            self.ring.submit_and_wait(Duration::from_millis(200))?;
+            // First thing after waking: the user-space receive time, used only for
+            // datagrams that arrive without a kernel timestamp.
+            let wake = realtime::now();
+            let mut cqes = std::mem::take(&mut self.cqes);
+            loop {
+                let n = self.ring.reap(&mut cqes);
+                for c in &cqes[..n] {
+                    self.dispatch(c, wake)?;
+                }
+                if n < cqes.len() {
+                    break;
+                }
+            }
+            self.cqes = cqes;
+            self.bufs.publish();
+            self.flush_batch()?;
+            add(&self.cfg.stats.ring_enters, self.ring.enters);
+            self.ring.enters = 0;
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = Instant::now();
+                self.sweep_pending(last_tick);
+            }
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, c: &Completion, wake: NtpTimestamp) -> std::io::Result<()> {
+        let (kind, socket, extra) = untag(c.user_data);
+        match kind {
+            KIND_RECV => {
+                if c.result >= 0 {
+                    if let Some(bid) = c.buffer_id() {
+                        self.on_datagram(socket, bid, wake);
+                        self.bufs.recycle(bid);
+                    }
+                } else {
+                    bump(&self.cfg.stats.recv_errors);
+                    if c.result == -libc::EINVAL {
+                        return Err(std::io::Error::other(
+                            "multishot recvmsg refused (EINVAL): this server needs Linux 6.0 or newer",
+                        ));
+                    }
+                }
+                if !c.more() && socket < self.sockets.len() {
+                    bump(&self.cfg.stats.recv_rearms);
+                    self.arm_recv(socket)?;
+                }
+            }
+            KIND_SEND => {
+                let slot = extra as u16;
+                if c.result < 0 {
+                    bump(&self.cfg.stats.send_errors);
+                    tracing::debug!(worker = self.cfg.id, errno = -c.result, "send failed");
+                } else {
+                    let s = &self.cfg.stats;
+                    match self
+                        .slot_kind
+                        .get(usize::from(slot))
+                        .copied()
+                        .unwrap_or_default()
+                    {
+                        SlotKind::Basic => bump(&s.replies_basic),
+                        SlotKind::Interleaved => bump(&s.replies_interleaved),
+                        SlotKind::Kod => bump(&s.replies_kod),
+                    }
+                }
+                self.slots.release(slot);
+            }
+            KIND_TXTS => {
+                if c.result >= 0 {
+                    let ts = TxTimestamp {
+                        key: c.result as u32,
+                        time: KernelTime {
+                            sec: c.extra[0] as i64,
+                            nsec: c.extra[1] as u32,
+                        },
+                        hardware: c.flags & IORING_CQE_F_TSTAMP_HW != 0,
+                        tstype: c.flags >> crate::net::uring::IORING_TIMESTAMP_TYPE_SHIFT,
+                    };
+                    self.on_tx_timestamp(socket, &ts);
+                } else if c.result != -libc::EAGAIN {
+                    tracing::warn!(
+                        worker = self.cfg.id,
+                        errno = -c.result,
+                        "TX timestamp command failed"
+                    );
+                }
+                if !c.more() && socket < self.sockets.len() && c.result != -libc::EINVAL {
+                    self.ring
+                        .arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0))?;
+                }
+            }
+            KIND_POLLERR if socket < self.sockets.len() => {
+                let fd = self.sockets[socket].fd;
+                let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
+                let mut n = 0u64;
+                let _ = read_tx_timestamps(cfg.sockets[socket].fd.as_fd(), &mut |ts| {
+                    n += 1;
+                    handle_tx_timestamp(sock, cfg, &ts);
+                });
+                add(&self.cfg.stats.other_syscalls, n + 1);
+                if !c.more() {
+                    self.ring.arm_poll_err(fd, tag(KIND_POLLERR, socket, 0))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_datagram(&mut self, socket: usize, bid: u16, wake: NtpTimestamp) {
+        let stats = &self.cfg.stats;
+        bump(&stats.received);
+        let Some(buf) = self.bufs.buffer(bid) else {
+            return;
+        };
+        let Some(msg) = self.template.parse(buf) else {
+            bump(&stats.truncated);
+            return;
+        };
+        if msg.truncated {
+            bump(&stats.truncated);
+            return;
+        }
+        let Some(source) = parse_sockaddr(msg.name) else {
+            bump(&stats.drops[crate::protocol::server::DropReason::BadSource as usize]);
+            return;
+        };
+        let meta = parse_rx_control(msg.control);
+        let hw = match (self.cfg.rx, meta.hardware) {
+            (RxTimestamps::Kernel, Some(hw)) => self.cfg.hardware.to_utc(hw),
+            _ => None,
+        };
+        let receive_time = match (hw, meta.software) {
+            (Some(t), _) => {
+                bump(&stats.rx_ts_hardware);
+                t
+            }
+            (None, Some(sw)) if self.cfg.rx == RxTimestamps::Kernel => {
+                bump(&stats.rx_ts_kernel);
+                NtpTimestamp::from_unix(sw.sec, sw.nsec)
+            }
+            _ => {
+                bump(&stats.rx_ts_user);
+                wake
+            }
+        };
+        let Some(slot) = self.slots.alloc() else {
+            bump(&stats.send_queue_full);
+            return;
+        };
+        let ctx = RequestContext {
+            receive_time,
+            transmit_time: wake,
+            source,
+            admission: Admission::Allow,
+            interleave: self.cfg.table.is_some(),
+        };
+        let state = self.cfg.state.load();
+        let out = self.slots.payload_mut(slot);
+        let decision = match &self.cfg.table {
+            Some(t) => respond(msg.payload, &ctx, &state, t.as_ref(), out),
+            None => respond(msg.payload, &ctx, &state, &NoInterleave, out),
+        };
+        let reply = match decision {
+            Decision::Reply(r) if r.len <= SEND_PAYLOAD_MAX => r,
+            Decision::Reply(_) => {
+                self.slots.release(slot);
+                return;
+            }
+            Decision::Drop(reason) => {
+                bump(&stats.drops[reason as usize]);
+                self.slots.release(slot);
+                return;
+            }
+        };
+        let (kind, patch) = match reply.kind {
+            ReplyKind::Basic => (SlotKind::Basic, true),
+            ReplyKind::Interleaved { exact } => {
+                if !exact {
+                    bump(&stats.tx_ts_daemon);
+                }
+                (SlotKind::Interleaved, false)
+            }
+            ReplyKind::Kod(_) => (SlotKind::Kod, false),
+        };
+        self.slot_kind[usize::from(slot)] = kind;
+        let want_tx = reply.want_tx_timestamp && self.cfg.tx_mode != TxTimestampMode::Off;
+        let sock = &mut self.sockets[socket];
+        // Keys are handed out in send order, so they also match the socket's own
+        // counter when SCM_TS_OPT_ID is unavailable.
+        let tx_key = sock.next_key;
+        if want_tx {
+            sock.next_key = tx_key.wrapping_add(1);
+        }
+        let tx_request = want_tx.then(|| TxTsRequest {
+            software: !self.cfg.tx_hardware,
+            hardware: self.cfg.tx_hardware,
+            opt_id: self.cfg.explicit_tx_key.then_some(tx_key),
+        });
+        let local = meta
+            .local_addr
+            .map(|a| (a, meta.ifindex))
+            .filter(|(a, _)| !a.is_unspecified());
+        let control_len = build_reply_control(self.slots.control_mut(slot), local, tx_request);
+        self.slots.set(slot, &source, reply.len, control_len);
+        self.batch.push(Queued {
+            slot,
+            socket,
+            patch_transmit: patch,
+            served_receive: reply.served_receive,
+            want_tx,
+            tx_key,
+        });
+    }
+
+    /// Read the transmit time once for the whole batch, patch it into every basic
+    /// reply, remember interleaved-mode candidates, and queue the sends.
+    fn flush_batch(&mut self) -> std::io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let now = realtime::now().with_even_low_bit();
+        let sent_at = Instant::now();
+        for i in 0..self.batch.len() {
+            let q = self.batch[i];
+            if q.patch_transmit {
+                set_transmit(self.slots.payload_mut(q.slot), now);
+            }
+            if q.want_tx {
+                let key = q.tx_key;
+                let p = &mut self.sockets[q.socket].pending[key as usize % PENDING_TX];
+                if p.waiting {
+                    bump(&self.cfg.stats.tx_ts_missed);
+                }
+                *p = PendingTx {
+                    key,
+                    waiting: true,
+                    served_receive: q.served_receive,
+                    sent_at: Some(sent_at),
+                };
+                bump(&self.cfg.stats.tx_ts_requested);
+                if let Some(t) = &self.cfg.table {
+                    // Low bit 1: only the pre-send reading until the exact one comes.
+                    t.insert(q.served_receive, NtpTimestamp(now.to_bits() | 1));
+                }
+            }
+            let fd = self.sockets[q.socket].fd;
+            self.ring.push_send(
+                fd,
+                &mut self.slots,
+                q.slot,
+                tag(KIND_SEND, q.socket, u64::from(q.slot)),
+            )?;
+        }
+        self.batch.clear();
+        Ok(())
+    }
+
+    fn on_tx_timestamp(&mut self, socket: usize, ts: &TxTimestamp) {
+        if let Some(sock) = self.sockets.get_mut(socket) {
+            handle_tx_timestamp(sock, &self.cfg, ts);
+        }
+    }
+
+    /// Count as missed the transmit timestamps that did not come in time.
+    fn sweep_pending(&mut self, now: Instant) {
+        for sock in &mut self.sockets {
+            for p in sock.pending.iter_mut() {
+                if p.waiting
+                    && p.sent_at
+                        .is_some_and(|t| now.duration_since(t) > TX_TIMESTAMP_DEADLINE)
+                {
+                    p.waiting = false;
+                    bump(&self.cfg.stats.tx_ts_missed);
+                }
+            }
+        }
+    }
+
+    /// Let in-flight sends finish (bounded), then release the buffer ring.
+    fn shutdown(&mut self) {
+        let _ = self.flush_batch();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while self.slots.in_flight() > 0 && Instant::now() < deadline {
+            if self
+                .ring
+                .submit_and_wait(Duration::from_millis(20))
+                .is_err()
+            {
+                break;
+            }
+            let mut cqes = std::mem::take(&mut self.cqes);
+            let n = self.ring.reap(&mut cqes);
+            for c in &cqes[..n] {
+                if untag(c.user_data).0 == KIND_SEND {
+                    let _ = self.dispatch(c, NtpTimestamp::ZERO);
+                }
+            }
+            self.cqes = cqes;
+        }
+        self.ring.unregister(&self.bufs);
+        tracing::debug!(worker = self.cfg.id, "worker stopped");
+    }
+
+    /// The local addresses this worker serves.
+    pub fn local_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.sockets.iter().map(|s| s.local)
+    }
+}
+
+/// Match a transmit timestamp to its reply and record the exact time.
+fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimestamp) {
+    let stats = &cfg.stats;
+    let p = &mut sock.pending[ts.key as usize % PENDING_TX];
+    if !p.waiting || p.key != ts.key {
+        bump(&stats.tx_ts_unmatched);
+        return;
+    }
+    p.waiting = false;
+    if p.sent_at
+        .is_some_and(|t| t.elapsed() > TX_TIMESTAMP_DEADLINE)
+    {
+        bump(&stats.tx_ts_late);
+        return;
+    }
+    let exact = if ts.hardware {
+        match cfg.hardware.to_utc(ts.time) {
+            Some(t) => t,
+            None => return,
+        }
+    } else {
+        NtpTimestamp::from_unix(ts.time.sec, ts.time.nsec)
+    };
+    bump(if ts.hardware {
+        &stats.tx_ts_hardware
+    } else {
+        &stats.tx_ts_kernel
+    });
+    if let Some(t) = &cfg.table {
+        t.update(p.served_receive, exact.with_even_low_bit());
+    }
+}
+
+fn pin_to_cpu(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
+            tracing::warn!(cpu, "could not pin worker to CPU: {e}");
+        }
+    }
+}

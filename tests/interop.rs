@@ -1,0 +1,213 @@
+//! Real clients no one here wrote (chrony's chronyd, ntpsec's ntpdate) against
+//! hwntpd on UDP port 123 in a network namespace, over a veth pair. Needs root
+//! and the Debian packages chrony and ntpsec-ntpdate (CI installs them).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// hwntpd in the server namespace on port 123 of its veth address (v4 and v6).
+fn start_in_netns(net: &NetnsPair, name: &str, extra: &[&str]) -> Server {
+    let dir = tempdir(name);
+    let v4 = format!("{}:123", net.server_v4);
+    let v6 = format!("[{}]:123", net.server_v6);
+    let stats = dir.join("stats.prom");
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let child = NetnsPair::cmd(&net.server_ns, env!("CARGO_BIN_EXE_hwntpd"))
+        .args([
+            "--listen",
+            &v4,
+            "--listen",
+            &v6,
+            "--reference",
+            "local",
+            "--workers",
+            "1",
+        ])
+        .args(extra)
+        .args([
+            "--stats-file",
+            stats.to_str().unwrap(),
+            "--stats-interval",
+            "1",
+            "--log-level",
+            "debug",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child: Some(child),
+        addr: v4.parse().unwrap(),
+        dir,
+    };
+    let (addr, client_ns) = (server.addr, net.client_ns.clone());
+    let bind = format!("{}:0", net.client_v4);
+    let ready = in_netns(&client_ns, move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if exchange_from(&bind, addr, &request(4, 3, 1), Duration::from_millis(200)).is_some() {
+                return true;
+            }
+        }
+        false
+    });
+    assert!(
+        ready,
+        "hwntpd in the namespace did not answer; log:\n{}",
+        server.log()
+    );
+    server
+}
+
+fn can_run(tools: &[&str]) -> bool {
+    if skip_unless(
+        is_root(),
+        "interop tests need root for network namespaces and port 123",
+    ) {
+        return false;
+    }
+    for t in tools {
+        if skip_unless(
+            have(t),
+            &format!("{t} is not installed (apt-get install chrony ntpsec-ntpdate)"),
+        ) {
+            return false;
+        }
+    }
+    true
+}
+
+/// Parse chronyd -Q's "System clock wrong by X seconds (ignored)".
+fn chronyd_offset(text: &str) -> Option<f64> {
+    let at = text.find("System clock wrong by ")?;
+    text[at + 22..].split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn chronyd_one_shot_accepts_hwntpd() {
+    if !can_run(&["chronyd"]) {
+        return;
+    }
+    let net = NetnsPair::new("cq");
+    let server = start_in_netns(&net, "chronyd-q", &[]);
+    let dir = tempdir("chronyd-q-client");
+    for target in [net.server_v4.clone(), net.server_v6.clone()] {
+        let out = NetnsPair::cmd(&net.client_ns, "timeout")
+            .args(["30", "chronyd", "-Q", "-x", "-f", "/dev/null", "-t", "20"])
+            .arg(format!("pidfile {}/chronyd.pid", dir.display()))
+            .arg(format!("server {target} iburst maxsamples 4"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let offset =
+            chronyd_offset(&text).unwrap_or_else(|| panic!("chronyd -Q printed no offset: {text}"));
+        eprintln!("chronyd -Q against {target}: offset {offset} s");
+        assert!(
+            offset.abs() < 0.001,
+            "offset {offset} s from chronyd: {text}"
+        );
+    }
+    let s = server.stats();
+    assert!(
+        stat(&s, "hwntpd_replies_total{mode=\"basic\"}") >= 2,
+        "{s:?}"
+    );
+}
+
+#[test]
+fn ntpdate_query_accepts_hwntpd() {
+    if !can_run(&["ntpdate"]) {
+        return;
+    }
+    let net = NetnsPair::new("nd");
+    let _server = start_in_netns(&net, "ntpdate", &[]);
+    let out = NetnsPair::cmd(&net.client_ns, "timeout")
+        .args(["30", "ntpdate", "-q", &net.server_v4])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "ntpdate failed: {text}");
+    // ntpsec's ntpdig prints e.g. "2026-11-22 04:30:00.123456 (+0000) +0.000012 +/- 0.000061 10.213.1.1 s1 no-leap"
+    let offset: f64 = text
+        .split_whitespace()
+        .find(|w| (w.starts_with('+') || w.starts_with('-')) && w.contains('.') && w.len() > 3)
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in ntpdate output: {text}"));
+    eprintln!("ntpdate -q: offset {offset} s ({})", text.trim());
+    assert!(offset.abs() < 0.001, "{text}");
+    assert!(text.contains(" s1 "), "stratum 1 reported: {text}");
+}
+
+#[test]
+fn kernel_receive_timestamps_are_used_over_veth() {
+    if !can_run(&[]) {
+        return;
+    }
+    let net = NetnsPair::new("ts");
+    let server = start_in_netns(&net, "veth-ts", &[]);
+    let (addr, bind) = (server.addr, format!("{}:0", net.client_v4));
+    let answered = in_netns(&net.client_ns, move || {
+        (0..20)
+            .filter(|i| {
+                exchange_from(&bind, addr, &request(4, 3, 100 + i), Duration::from_secs(1))
+                    .is_some()
+            })
+            .count()
+    });
+    assert_eq!(answered, 20);
+    let s = server.wait_stats("20+ kernel receive timestamps", |s| {
+        stat(s, "hwntpd_rx_timestamps_total{source=\"kernel\"}") >= 20
+    });
+    assert_eq!(
+        stat(&s, "hwntpd_rx_timestamps_total{source=\"user\"}"),
+        0,
+        "no user-space reads: {s:?}"
+    );
+    assert_eq!(
+        stat(&s, "hwntpd_rx_timestamps_total{source=\"hardware\"}"),
+        0
+    );
+}
+
+#[test]
+fn interface_without_hardware_timestamps_falls_back_and_says_so() {
+    if !can_run(&[]) {
+        return;
+    }
+    let net = NetnsPair::new("hw");
+    let dev = net.server_dev();
+    let server = start_in_netns(&net, "veth-hw", &["--interface", &dev]);
+    let log = server.log();
+    assert!(log.contains("hardware timestamping unavailable"), "{log}");
+    assert!(log.contains("kernel software"), "{log}");
+    // and --timestamping hardware refuses to start
+    let out = NetnsPair::cmd(&net.server_ns, env!("CARGO_BIN_EXE_hwntpd"))
+        .args([
+            "--listen",
+            "127.0.0.1:1123",
+            "--reference",
+            "local",
+            "--interface",
+            &dev,
+            "--timestamping",
+            "hardware",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--timestamping hardware"), "{err}");
+}

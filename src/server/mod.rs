@@ -3,6 +3,7 @@
 pub mod interleave;
 pub mod stats;
 pub mod timestamping;
+pub mod txstamps;
 pub mod worker;
 
 use std::path::Path;

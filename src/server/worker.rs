@@ -22,7 +22,7 @@ use crate::net::cmsg::{
 };
 use crate::net::errqueue::read_tx_timestamps;
 use crate::net::uring::{
-    BufRing, Completion, RecvTemplate, Ring, RingConfig, SendSlots, IORING_CQE_F_TSTAMP_HW,
+    BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, IORING_CQE_F_TSTAMP_HW,
     SEND_PAYLOAD_MAX,
 };
 use crate::protocol::packet::set_transmit;
@@ -32,6 +32,7 @@ use crate::protocol::server::{
 use crate::protocol::NtpTimestamp;
 use crate::server::interleave::InterleaveTable;
 use crate::server::stats::{add, bump, WorkerStats};
+use crate::server::txstamps::{Completion, PendingTx};
 
 /// How a worker learns the exact transmit time of a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,26 +127,14 @@ fn untag(user_data: u64) -> (u64, usize, u64) {
     )
 }
 
-/// Transmit timestamps that arrive later than this are ignored (the pre-send
-/// timestamp stays in the table).
-pub const TX_TIMESTAMP_DEADLINE: Duration = Duration::from_secs(1);
-
-/// Replies waiting for their transmit timestamp, per socket, indexed by key.
+/// Replies waiting for their transmit timestamp, per socket.
 const PENDING_TX: usize = 4096;
-
-#[derive(Clone, Copy, Default)]
-struct PendingTx {
-    key: u32,
-    waiting: bool,
-    served_receive: NtpTimestamp,
-    sent_at: Option<Instant>,
-}
 
 struct SocketState {
     fd: RawFd,
     local: SocketAddr,
     next_key: u32,
-    pending: Box<[PendingTx]>,
+    pending: PendingTx,
 }
 
 /// A reply of the current batch, queued in a send slot and not yet submitted.
@@ -178,7 +167,7 @@ pub struct Worker {
     slot_kind: Vec<SlotKind>,
     sockets: Vec<SocketState>,
     batch: Vec<Queued>,
-    cqes: Vec<Completion>,
+    cqes: Vec<Cqe>,
     cfg: WorkerConfig,
 }
 
@@ -195,7 +184,7 @@ impl Worker {
                 fd: s.fd.as_raw_fd(),
                 local: s.local,
                 next_key: 0,
-                pending: vec![PendingTx::default(); PENDING_TX].into_boxed_slice(),
+                pending: PendingTx::new(PENDING_TX),
             })
             .collect();
         let n_slots = cfg.ring.send_slots;
@@ -207,7 +196,7 @@ impl Worker {
             slot_kind: vec![SlotKind::Basic; usize::from(n_slots)],
             sockets,
             batch: Vec::with_capacity(usize::from(n_slots)),
-            cqes: vec![Completion::default(); cfg.ring.cq_entries as usize],
+            cqes: vec![Cqe::default(); cfg.ring.cq_entries as usize],
             cfg,
         };
         for i in 0..w.sockets.len() {
@@ -266,7 +255,7 @@ impl Worker {
         Ok(())
     }
 
-    fn dispatch(&mut self, c: &Completion, wake: NtpTimestamp) -> std::io::Result<()> {
+    fn dispatch(&mut self, c: &Cqe, wake: NtpTimestamp) -> std::io::Result<()> {
         let (kind, socket, extra) = untag(c.user_data);
         match kind {
             KIND_RECV => {
@@ -470,17 +459,12 @@ impl Worker {
                 set_transmit(self.slots.payload_mut(q.slot), now);
             }
             if q.want_tx {
-                let key = q.tx_key;
-                let p = &mut self.sockets[q.socket].pending[key as usize % PENDING_TX];
-                if p.waiting {
+                if self.sockets[q.socket]
+                    .pending
+                    .register(q.tx_key, q.served_receive, sent_at)
+                {
                     bump(&self.cfg.stats.tx_ts_missed);
                 }
-                *p = PendingTx {
-                    key,
-                    waiting: true,
-                    served_receive: q.served_receive,
-                    sent_at: Some(sent_at),
-                };
                 bump(&self.cfg.stats.tx_ts_requested);
                 if let Some(t) = &self.cfg.table {
                     // Low bit 1: only the pre-send reading until the exact one comes.
@@ -508,15 +492,7 @@ impl Worker {
     /// Count as missed the transmit timestamps that did not come in time.
     fn sweep_pending(&mut self, now: Instant) {
         for sock in &mut self.sockets {
-            for p in sock.pending.iter_mut() {
-                if p.waiting
-                    && p.sent_at
-                        .is_some_and(|t| now.duration_since(t) > TX_TIMESTAMP_DEADLINE)
-                {
-                    p.waiting = false;
-                    bump(&self.cfg.stats.tx_ts_missed);
-                }
-            }
+            add(&self.cfg.stats.tx_ts_missed, sock.pending.sweep(now));
         }
     }
 
@@ -554,18 +530,11 @@ impl Worker {
 /// Match a transmit timestamp to its reply and record the exact time.
 fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimestamp) {
     let stats = &cfg.stats;
-    let p = &mut sock.pending[ts.key as usize % PENDING_TX];
-    if !p.waiting || p.key != ts.key {
-        bump(&stats.tx_ts_unmatched);
-        return;
-    }
-    p.waiting = false;
-    if p.sent_at
-        .is_some_and(|t| t.elapsed() > TX_TIMESTAMP_DEADLINE)
-    {
-        bump(&stats.tx_ts_late);
-        return;
-    }
+    let served_receive = match sock.pending.complete(ts.key, Instant::now()) {
+        Completion::OnTime(r) => r,
+        Completion::Late => return bump(&stats.tx_ts_late),
+        Completion::Unmatched => return bump(&stats.tx_ts_unmatched),
+    };
     let exact = if ts.hardware {
         match cfg.hardware.to_utc(ts.time) {
             Some(t) => t,
@@ -580,7 +549,7 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
         &stats.tx_ts_kernel
     });
     if let Some(t) = &cfg.table {
-        t.update(p.served_receive, exact.with_even_low_bit());
+        t.update(served_receive, exact.with_even_low_bit());
     }
 }
 

@@ -1,0 +1,234 @@
+//! Interleaved mode (RFC 9769) for real: kernel transmit timestamps over
+//! loopback and veth, a Rust client speaking chrony's xleave protocol, and
+//! chronyd itself with `xleave`.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hwntpd::protocol::packet::Header;
+use hwntpd::protocol::NtpTimestamp;
+
+/// What an xleave client remembers of the previous exchange.
+#[derive(Clone, Copy, Default)]
+struct XleaveState {
+    /// The server's receive timestamp in the previous reply.
+    server_rx: NtpTimestamp,
+    /// Our local receive time of the previous reply.
+    local_rx: NtpTimestamp,
+}
+
+/// One xleave exchange from a fresh socket bound to `bind` (a new source port
+/// each time, like a client behind a NAT that changes its mapping).
+fn xleave_exchange(
+    server: std::net::SocketAddr,
+    st: &XleaveState,
+) -> (Header, NtpTimestamp, NtpTimestamp) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut req = request(4, 3, 0);
+    let tx = now_ntp();
+    req[24..32].copy_from_slice(&st.server_rx.0.to_be_bytes());
+    req[32..40].copy_from_slice(&st.local_rx.0.to_be_bytes());
+    req[40..48].copy_from_slice(&tx.0.to_be_bytes());
+    sock.send_to(&req, server).unwrap();
+    let mut buf = [0u8; 128];
+    let (n, _) = sock.recv_from(&mut buf).expect("reply");
+    let rx = now_ntp();
+    (Header::parse(&buf[..n]).unwrap(), tx, rx)
+}
+
+#[test]
+fn xleave_client_changing_address_gets_exact_transmit_times() {
+    let server = Server::start("xleave-nat", &[]);
+    let mut st = XleaveState::default();
+    let mut previous: Option<(Header, NtpTimestamp)> = None;
+    let mut interleaved = 0;
+    for i in 0..6 {
+        let (h, tx, rx) = xleave_exchange(server.addr, &st);
+        let is_interleaved = i > 0 && h.origin == st.local_rx && h.origin != NtpTimestamp::ZERO;
+        if is_interleaved {
+            interleaved += 1;
+            let (prev, prev_local_rx) = previous.unwrap();
+            // The exact transmit time of the previous reply: after the pre-send
+            // reading served in it, before our receipt of it.
+            let after_pre_send = h.transmit.diff_nanos(prev.transmit);
+            assert!(
+                after_pre_send >= 0,
+                "exact TX {after_pre_send} ns before the pre-send reading"
+            );
+            assert!(
+                after_pre_send < 5_000_000,
+                "exact TX {after_pre_send} ns after the pre-send reading"
+            );
+            assert!(
+                h.transmit.diff_nanos(prev_local_rx) <= 0,
+                "exact TX after the client received it"
+            );
+            assert_eq!(h.transmit.0 & 1, 0);
+        } else {
+            assert_eq!(h.origin, tx, "a basic reply echoes the request's transmit");
+        }
+        st = XleaveState {
+            server_rx: h.receive,
+            local_rx: rx,
+        };
+        previous = Some((h, rx));
+    }
+    // basic, basic (registers), then interleaved from the third request on
+    assert_eq!(interleaved, 4, "interleaved from the third request on");
+    let s = server.wait_stats("interleaved replies", |s| {
+        stat(s, "hwntpd_replies_total{mode=\"interleaved\"}") == 4
+    });
+    assert!(
+        stat(&s, "hwntpd_tx_timestamps_total{source=\"kernel\"}") >= 4,
+        "{s:?}"
+    );
+    assert_eq!(stat(&s, "hwntpd_tx_timestamps_total{source=\"daemon\"}"), 0);
+}
+
+#[test]
+fn basic_clients_do_not_pay_for_transmit_timestamps() {
+    let server = Server::start("basic-only", &[]);
+    for i in 0..10 {
+        assert!(
+            query(server.addr, 4, 3, Duration::from_secs(1)).is_some(),
+            "query {i}"
+        );
+    }
+    let s = server.wait_stats("10 replies", |s| {
+        stat(s, "hwntpd_replies_total{mode=\"basic\"}") >= 10
+    });
+    assert_eq!(stat(&s, "hwntpd_tx_timestamps_requested_total"), 0, "{s:?}");
+    assert_eq!(stat(&s, "hwntpd_replies_total{mode=\"interleaved\"}"), 0);
+}
+
+#[test]
+fn full_table_degrades_to_basic_never_to_wrong_times() {
+    // One slot: two xleave clients evict each other's entries.
+    let server = Server::start("table-full", &["--interleave-entries", "1"]);
+    let mut a = XleaveState::default();
+    let mut b = XleaveState::default();
+    let (mut prev_a, mut prev_b) = (
+        None::<(Header, NtpTimestamp)>,
+        None::<(Header, NtpTimestamp)>,
+    );
+    let mut interleaved = 0;
+    let mut basic = 0;
+    for _ in 0..10 {
+        for (st, prev) in [(&mut a, &mut prev_a), (&mut b, &mut prev_b)] {
+            let (h, _, rx) = xleave_exchange(server.addr, st);
+            if h.origin == st.local_rx && st.local_rx != NtpTimestamp::ZERO {
+                interleaved += 1;
+                let (p, p_rx) = prev.unwrap();
+                assert!(
+                    h.transmit.diff_nanos(p.transmit) >= 0 && h.transmit.diff_nanos(p_rx) <= 0,
+                    "wrong entry served"
+                );
+            } else {
+                basic += 1;
+            }
+            *st = XleaveState {
+                server_rx: h.receive,
+                local_rx: rx,
+            };
+            *prev = Some((h, rx));
+        }
+    }
+    assert!(
+        basic > 2,
+        "evictions make some replies basic ({basic} basic, {interleaved} interleaved)"
+    );
+}
+
+#[test]
+fn chronyd_xleave_client_over_veth_gets_interleaved_replies() {
+    if skip_unless(is_root(), "needs root for network namespaces")
+        || skip_unless(have("chronyd"), "chronyd missing")
+    {
+        return;
+    }
+    let net = NetnsPair::new("xl");
+    let dir = tempdir("xleave-server");
+    let v4 = format!("{}:123", net.server_v4);
+    let stats = dir.join("stats.prom");
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let child = NetnsPair::cmd(&net.server_ns, env!("CARGO_BIN_EXE_hwntpd"))
+        .args(["--listen", &v4, "--reference", "local", "--workers", "1"])
+        .args([
+            "--stats-file",
+            stats.to_str().unwrap(),
+            "--stats-interval",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server = Server {
+        child: Some(child),
+        addr: v4.parse().unwrap(),
+        dir,
+    };
+
+    let cdir = tempdir("xleave-client");
+    std::fs::set_permissions(&cdir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let conf = cdir.join("chrony.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "server {} iburst xleave minpoll -6 maxpoll -6\npidfile {d}/chronyd.pid\nbindcmdaddress {d}/chronyd.sock\n\
+             cmdport 0\nlogdir {d}\nlog measurements\n",
+            net.server_v4,
+            d = cdir.display()
+        ),
+    )
+    .unwrap();
+    let mut chronyd = NetnsPair::cmd(&net.client_ns, "chronyd")
+        .args(["-x", "-d", "-u", "root", "-f", conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = cdir.join("chronyd.sock");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ntpdata = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let out = Command::new("chronyc")
+            .args(["-h", sock.to_str().unwrap(), "ntpdata"])
+            .output()
+            .unwrap();
+        ntpdata = String::from_utf8_lossy(&out.stdout).into_owned();
+        if ntpdata
+            .lines()
+            .any(|l| l.starts_with("Interleaved") && l.contains("Yes"))
+        {
+            break;
+        }
+    }
+    let _ = chronyd.kill();
+    let _ = chronyd.wait();
+    eprintln!("chronyc ntpdata:\n{ntpdata}");
+    assert!(
+        ntpdata
+            .lines()
+            .any(|l| l.starts_with("Interleaved") && l.contains("Yes")),
+        "{ntpdata}"
+    );
+    let measurements = std::fs::read_to_string(cdir.join("measurements.log")).unwrap_or_default();
+    assert!(
+        measurements.contains(" 4I "),
+        "chrony logged interleaved measurements:\n{measurements}"
+    );
+    let s = server.wait_stats("interleaved replies", |s| {
+        stat(s, "hwntpd_replies_total{mode=\"interleaved\"}") > 0
+    });
+    assert!(
+        stat(&s, "hwntpd_tx_timestamps_total{source=\"kernel\"}") > 0,
+        "{s:?}"
+    );
+}

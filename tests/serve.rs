@@ -300,3 +300,17 @@ fn low_port_without_privilege_says_what_to_do() {
         assert!(err.contains("CAP_NET_BIND_SERVICE"), "{err}");
     }
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let server = Server::start("twice", &[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hwntpd"))
+        .args(["--listen", &server.addr.to_string(), "--reference", "local"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "second server started on a port in use"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
+}

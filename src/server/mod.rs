@@ -61,6 +61,12 @@ pub fn run(args: &Args) -> Result<()> {
 
     let n_workers = args.worker_count();
     let listen = args.listen_addrs();
+    // The workers share each port through SO_REUSEPORT, which would also let a
+    // second server (same user) share it silently: bind once without it first,
+    // so a port already in use is an error.
+    for addr in &listen {
+        drop(bind_udp(*addr, false)?);
+    }
     let mut per_worker = Vec::with_capacity(n_workers);
     for _ in 0..n_workers {
         let mut socks = Vec::with_capacity(listen.len());

@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# Throughput benchmark: the floor responder, hwntpd and chronyd, one after the
+# other in the same run. Each server runs pinned to one core (SERVER_CPU) in its
+# own network namespace; the generator runs pinned to the other core (GEN_CPU)
+# in a second namespace, connected by a veth pair (198.18.0.0/30, the RFC 2544
+# benchmarking range, existing only inside the namespaces this script creates).
+#
+# For each server it prints: the highest offered rate with >= THRESHOLD of the
+# requests answered, server CPU microseconds per reply at each offered rate
+# (from /proc/PID/task/*/schedstat), system calls per reply (the server's own
+# stats where it has them, and `strace -c -f` on a short run), p50/p99 server
+# turnaround, and each server's cost above the floor. On shared 2-core machines
+# absolute numbers move a lot between runs: quote the ratios.
+#
+# Needs root (namespaces). Bounded in time: with the defaults, well under
+# 3 minutes after the build. Environment knobs:
+#   SWEEP=START:STOP:STEP  offered rates (req/s)          default 20000:200000:20000
+#   STEP_SECS              seconds of sending per rate    default 2
+#   STOP_AFTER_FAIL        stop a sweep after N failing steps (0: never)  default 2
+#   THRESHOLD              answered fraction to pass      default 0.999
+#   CLIENTS, BATCH         generator sockets, batch size  default 64, 64
+#   STRACE_RATE, STRACE_SECS  the strace run              default 5000, 2
+#   SERVERS                which servers, in order        default "floor hwntpd chronyd"
+#   SERVER_CPU, GEN_CPU    cores                          default 1, 0
+#   HWNTPD_WORKERS         hwntpd --workers               default 1
+#   HWNTPD_SYSCALL_METRIC, HWNTPD_REPLY_METRIC  counters in hwntpd's stats file
+#   RT=1                   run server and generator as SCHED_FIFO (chrt -f 10): less noise
+#                          from other load on a shared machine (the kernel still keeps 5%
+#                          of each core for others)
+#   BUILD=0                skip `cargo build --release`
+#   OUT                    result directory               default target/bench/<time>
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SWEEP=${SWEEP:-20000:200000:20000}
+STEP_SECS=${STEP_SECS:-2}
+STOP_AFTER_FAIL=${STOP_AFTER_FAIL:-2}
+THRESHOLD=${THRESHOLD:-0.999}
+CLIENTS=${CLIENTS:-64}
+BATCH=${BATCH:-64}
+STRACE_RATE=${STRACE_RATE:-5000}
+STRACE_SECS=${STRACE_SECS:-2}
+SERVERS=${SERVERS:-"floor hwntpd chronyd"}
+SERVER_CPU=${SERVER_CPU:-1}
+GEN_CPU=${GEN_CPU:-0}
+HWNTPD_WORKERS=${HWNTPD_WORKERS:-1}
+HWNTPD_SYSCALL_METRIC=${HWNTPD_SYSCALL_METRIC:-hwntpd_syscalls_total}
+HWNTPD_REPLY_METRIC=${HWNTPD_REPLY_METRIC:-hwntpd_replies_total}
+BUILD=${BUILD:-1}
+RT=${RT:-0}
+OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
+
+BENCH=$ROOT/target/release/hwntpd-bench
+HWNTPD=$ROOT/target/release/hwntpd
+NS_SRV=hwb-srv-$$
+NS_CLI=hwb-cli-$$
+VETH_SRV=hwbs$$
+VETH_CLI=hwbc$$
+SRV_IP=198.18.0.1
+CLI_IP=198.18.0.2
+PORT=123
+SRV_PID=
+STRACE_PID=
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
+
+stop_pid() { # stop one process we started, by its id
+    local pid=$1
+    [ -n "$pid" ] || return 0
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    stop_pid "$STRACE_PID"
+    stop_pid "$SRV_PID"
+    ip netns del "$NS_SRV" 2>/dev/null || true
+    ip netns del "$NS_CLI" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces, taskset, strace)"
+for tool in ip taskset python3; do
+    command -v "$tool" >/dev/null || die "$tool is missing"
+done
+[ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and generator will share one"
+
+install_pkg() { # install Debian packages without starting their services
+    local policy=/usr/sbin/policy-rc.d created=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+    fi
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+    local rc=$?
+    [ "$created" = 1 ] && rm -f "$policy"
+    return $rc
+}
+case " $SERVERS " in *" chronyd "*)
+    command -v chronyd >/dev/null || { log "installing chrony"; install_pkg chrony || die "cannot install chrony"; } ;;
+esac
+command -v strace >/dev/null || { log "installing strace"; install_pkg strace || log "no strace: skipping the strace check"; }
+
+if [ "$BUILD" = 1 ]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release --bin hwntpd-bench) || die "cannot build hwntpd-bench"
+    (cd "$ROOT" && cargo build --release --bin hwntpd) || log "hwntpd does not build; it will be skipped"
+fi
+[ -x "$BENCH" ] || die "$BENCH missing (run with BUILD=1)"
+mkdir -p "$OUT"
+log "results in $OUT"
+
+# --- namespaces -------------------------------------------------------------
+ip netns add "$NS_SRV"
+ip netns add "$NS_CLI"
+ip link add "$VETH_SRV" type veth peer name "$VETH_CLI"
+ip link set "$VETH_SRV" netns "$NS_SRV"
+ip link set "$VETH_CLI" netns "$NS_CLI"
+ip -n "$NS_SRV" addr add "$SRV_IP/30" dev "$VETH_SRV"
+ip -n "$NS_CLI" addr add "$CLI_IP/30" dev "$VETH_CLI"
+for ns in "$NS_SRV" "$NS_CLI"; do ip -n "$ns" link set lo up; done
+ip -n "$NS_SRV" link set "$VETH_SRV" up
+ip -n "$NS_CLI" link set "$VETH_CLI" up
+
+# in_srv runs in the background (`in_srv ... &`): exec, so that $! is the server's own pid
+# (ip netns exec and taskset exec in turn).
+PRIO=()
+[ "$RT" = 1 ] && PRIO=(chrt -f 10)
+in_srv() { exec ip netns exec "$NS_SRV" taskset -c "$SERVER_CPU" "${PRIO[@]}" "$@"; }
+in_cli() { ip netns exec "$NS_CLI" taskset -c "$GEN_CPU" "${PRIO[@]}" "$@"; }
+
+# --- servers ----------------------------------------------------------------
+# start_server NAME: sets SRV_PID and STATS_ARGS, or returns 1 (skip).
+start_server() {
+    local name=$1
+    STATS_ARGS=()
+    case $name in
+    floor)
+        in_srv "$BENCH" floor --listen "$SRV_IP:$PORT" --batch "$BATCH" \
+            --stats-file "$OUT/floor.prom" >"$OUT/floor.log" 2>&1 &
+        SRV_PID=$!
+        STATS_ARGS=(--server-stats "$OUT/floor.prom" --syscall-metric floor_syscalls_total
+            --reply-metric floor_replies_total)
+        ;;
+    hwntpd)
+        if [ ! -x "$HWNTPD" ]; then log "hwntpd: $HWNTPD not built, skipped"; return 1; fi
+        in_srv "$HWNTPD" --listen "$SRV_IP:$PORT" --reference local --workers "$HWNTPD_WORKERS" \
+            --stats-file "$OUT/hwntpd.prom" >"$OUT/hwntpd.log" 2>&1 &
+        SRV_PID=$!
+        STATS_ARGS=(--server-stats "$OUT/hwntpd.prom" --syscall-metric "$HWNTPD_SYSCALL_METRIC"
+            --reply-metric "$HWNTPD_REPLY_METRIC")
+        ;;
+    chronyd)
+        cat >"$OUT/chrony.conf" <<EOF
+# a stratum-1 server on its own clock; no clock control (-x), no rate limit
+# (ratelimit is off unless configured), no command port or socket
+port $PORT
+bindaddress $SRV_IP
+allow all
+local stratum 1
+cmdport 0
+bindcmdaddress /
+pidfile $OUT/chronyd.pid
+EOF
+        in_srv chronyd -x -d -u root -f "$OUT/chrony.conf" >"$OUT/chronyd.log" 2>&1 &
+        SRV_PID=$!
+        ;;
+    *) log "unknown server $name"; return 1 ;;
+    esac
+    sleep 0.7
+    if ! kill -0 "$SRV_PID" 2>/dev/null; then
+        log "$name: did not start (see $OUT/$name.log), skipped"
+        wait "$SRV_PID" 2>/dev/null || true
+        SRV_PID=
+        return 1
+    fi
+    if ! in_cli "$BENCH" query --server "$SRV_IP:$PORT" --count 3 --interval-ms 100 \
+        --timeout-ms 500 >"$OUT/$name.query.txt" 2>&1; then
+        log "$name: running but not answering (see $OUT/$name.query.txt), skipped"
+        stop_pid "$SRV_PID"; SRV_PID=
+        return 1
+    fi
+}
+
+# strace_check NAME: count the server's system calls during a short fixed-rate run.
+strace_check() {
+    local name=$1
+    command -v strace >/dev/null || return 0
+    strace -c -f -q -p "$SRV_PID" -o "$OUT/$name.strace" 2>/dev/null &
+    STRACE_PID=$!
+    sleep 0.5
+    in_cli "$BENCH" load --server "$SRV_IP:$PORT" --rate "$STRACE_RATE" --duration "$STRACE_SECS" \
+        --clients "$CLIENTS" --batch "$BATCH" --json --stop-after-fail 0 \
+        >"$OUT/$name.strace-load.txt" 2>&1 || true
+    kill -INT "$STRACE_PID" 2>/dev/null || true
+    wait "$STRACE_PID" 2>/dev/null || true
+    STRACE_PID=
+}
+
+# snapshot NAME WHEN: UDP counters of both namespaces and the softnet drops, to
+# tell where lost requests went (server socket buffer, client socket, backlog).
+snapshot() {
+    ip netns exec "$NS_SRV" cat /proc/net/snmp >"$OUT/$1.snmp-srv.$2"
+    ip netns exec "$NS_CLI" cat /proc/net/snmp >"$OUT/$1.snmp-cli.$2"
+    cat /proc/net/softnet_stat >"$OUT/$1.softnet.$2"
+}
+
+for name in $SERVERS; do
+    log "$name"
+    start_server "$name" || continue
+    snapshot "$name" 0
+    in_cli "$BENCH" load --server "$SRV_IP:$PORT" --sweep "$SWEEP" --duration "$STEP_SECS" \
+        --clients "$CLIENTS" --batch "$BATCH" --threshold "$THRESHOLD" \
+        --stop-after-fail "$STOP_AFTER_FAIL" --json --server-pid "$SRV_PID" "${STATS_ARGS[@]}" \
+        >"$OUT/$name.load.txt" 2>&1 || log "$name: load generator failed (see $OUT/$name.load.txt)"
+    snapshot "$name" 1
+    grep -v '^{' "$OUT/$name.load.txt" >&2 || true
+    strace_check "$name"
+    stop_pid "$SRV_PID"; SRV_PID=
+done
+
+# --- report -----------------------------------------------------------------
+python3 - "$OUT" "$SERVERS" "$THRESHOLD" <<'PY'
+import json, os, sys
+
+out, servers, threshold = sys.argv[1], sys.argv[2].split(), float(sys.argv[3])
+
+def load(name, suffix):
+    path = os.path.join(out, f"{name}.{suffix}")
+    steps = []
+    if os.path.exists(path):
+        for line in open(path):
+            if line.startswith("{"):
+                d = json.loads(line)
+                if d.get("type") == "step":
+                    steps.append(d)
+    return steps
+
+def strace_calls(name):
+    """System calls by name from a `strace -c` summary (columns: % time,
+    seconds, usecs/call, calls, [errors], syscall); None without one."""
+    path = os.path.join(out, f"{name}.strace")
+    if not os.path.exists(path):
+        return None
+    calls = {}
+    for line in open(path):
+        f = line.split()
+        if len(f) >= 5 and f[3].isdigit() and f[-1] != "total":
+            calls[f[-1]] = calls.get(f[-1], 0) + int(f[3])
+    return calls or None
+
+def udp(name, side, when):
+    path = os.path.join(out, f"{name}.snmp-{side}.{when}")
+    if not os.path.exists(path):
+        return {}
+    rows = [l.split() for l in open(path) if l.startswith("Udp:")]
+    return dict(zip(rows[0][1:], map(int, rows[1][1:]))) if len(rows) >= 2 else {}
+
+def softnet_drops(name, when):
+    path = os.path.join(out, f"{name}.softnet.{when}")
+    if not os.path.exists(path):
+        return 0
+    return sum(int(l.split()[1], 16) for l in open(path) if l.strip())
+
+def drops(name):
+    """Where datagrams were dropped during the sweep."""
+    d = {}
+    for side in ("srv", "cli"):
+        a, b = udp(name, side, 0), udp(name, side, 1)
+        for k in ("RcvbufErrors", "InErrors"):
+            if k in a and k in b:
+                d[f"{side} {k}"] = b[k] - a[k]
+    d["softnet drops"] = softnet_drops(name, 1) - softnet_drops(name, 0)
+    return d
+
+def passed(s):
+    return s["answered"] >= threshold and not s["generator_limited"]
+
+def fmt(v, spec=".2f"):
+    return "-" if v is None else format(v, spec)
+
+runs = {n: load(n, "load.txt") for n in servers}
+runs = {n: s for n, s in runs.items() if s}
+if not runs:
+    print("no server produced results"); sys.exit(1)
+
+print()
+print(f"== summary (pass: >= {100*threshold:.1f}% answered and the generator kept up)")
+print(f"{'server':<9} {'max rate':>9} {'us CPU/reply':>13} {'syscalls/reply':>15} {'strace calls/reply':>19} {'turnaround p50/p99 us':>22}")
+best = {}
+strace_notes = []
+for n, steps in runs.items():
+    ok = [s for s in steps if passed(s)]
+    top = max(ok, key=lambda s: s["rate"]) if ok else None
+    best[n] = top
+    sl = load(n, "strace-load.txt")
+    calls = strace_calls(n)
+    replies = sl[0]["valid"] if sl else 0
+    spr = sum(calls.values()) / replies if calls and replies else None
+    if calls and replies:
+        top_calls = sorted(calls.items(), key=lambda kv: -kv[1])[:4]
+        strace_notes.append(f"{n}: " + ", ".join(f"{k} {v / replies:.3f}" for k, v in top_calls))
+    if top:
+        ta = f'{fmt(top["turnaround_us"]["p50"], ".1f")}/{fmt(top["turnaround_us"]["p99"], ".1f")}'
+        print(f"{n:<9} {top['rate']:>9.0f} {fmt(top['cpu_us_per_reply']):>13} "
+              f"{fmt(top['syscalls_per_reply'], '.3f'):>15} {fmt(spr, '.3f'):>19} {ta:>22}")
+    else:
+        print(f"{n:<9} {'none':>9} {'-':>13} {'-':>15} {fmt(spr, '.3f'):>19} {'-':>22}")
+
+print("drops during the sweep (srv = server namespace, cli = generator namespace):")
+for n in runs:
+    print(f"  {n}: " + ", ".join(f"{k} {v}" for k, v in drops(n).items()))
+if strace_notes:
+    print("strace -c, calls per reply by system call (short run at a fixed rate):")
+    for line in strace_notes:
+        print("  " + line)
+
+print()
+print("== server CPU us per reply at each offered rate (* = step failed)")
+rates = sorted({s["rate"] for st in runs.values() for s in st})
+print(f"{'rate':>9} " + " ".join(f"{n:>10}" for n in runs))
+for r in rates:
+    cells = []
+    for n, st in runs.items():
+        s = next((x for x in st if x["rate"] == r), None)
+        if s is None or s["cpu_us_per_reply"] is None:
+            cells.append(f"{'-':>10}")
+        else:
+            cells.append(f"{s['cpu_us_per_reply']:>9.2f}{'' if passed(s) else '*'}")
+    print(f"{r:>9.0f} " + " ".join(cells))
+
+if "floor" in runs:
+    print()
+    print("== cost above the floor (median over rates where both passed)")
+    floor = {s["rate"]: s for s in runs["floor"] if passed(s) and s["cpu_us_per_reply"]}
+    above = {}
+    for n, st in runs.items():
+        if n == "floor":
+            continue
+        pairs = [(s["cpu_us_per_reply"], floor[s["rate"]]["cpu_us_per_reply"])
+                 for s in st if passed(s) and s["cpu_us_per_reply"] and s["rate"] in floor]
+        if not pairs:
+            print(f"{n:<9} no common passing rate with the floor"); continue
+        pairs.sort(key=lambda p: p[0] - p[1])
+        srv, fl = pairs[len(pairs) // 2]
+        above[n] = srv - fl
+        print(f"{n:<9} {srv - fl:8.2f} us/reply above the floor ({srv / fl:.2f}x the floor's "
+              f"{fl:.2f}) over {len(pairs)} rate(s)")
+    if "hwntpd" in above and "chronyd" in above and above["chronyd"] > 0:
+        print(f"hwntpd's cost above the floor is {above['hwntpd'] / above['chronyd']:.2f}x chronyd's")
+    mx = {n: (best[n]["rate"] if best.get(n) else 0) for n in runs}
+    if mx.get("floor"):
+        print("max rate relative to the floor: " +
+              ", ".join(f"{n} {mx[n] / mx['floor']:.2f}" for n in runs if n != "floor"))
+print(f"\nraw results: {out}")
+PY

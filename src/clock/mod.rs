@@ -8,17 +8,20 @@
 //!   and [`compute_state`], which turns a kernel reading into a [`ServerState`](crate::protocol::ServerState).
 //! * [`snapshot`]: the [`StateCell`] workers read per packet, and the thread
 //!   that refreshes it every second.
-//!
-//! Start-up sequence for the lead: `let precision = measure_precision();`,
-//! build a [`ReferenceConfig`] (refid via [`crate::protocol::refid::encode_refid`]),
-//! `cfg.validate()?`, `let cell = Arc::new(StateCell::new(initial_state(&cfg)));`,
-//! then `spawn_refresher(cfg, cell.clone(), stop.clone())?`.
+//! * [`phc`]: PTP hardware clocks (`/dev/ptpN`): capabilities and the
+//!   PHC-to-system offset by the best ioctl the device has.
+//! * [`tracking`]: offset and frequency of a PHC against `CLOCK_REALTIME` by
+//!   regression, conversions between the two time domains and TAI/UTC.
+//! * [`wire`]: wire-time correction of hardware receive timestamps.
 
 pub mod kernel;
+pub mod phc;
 pub mod precision;
 pub mod realtime;
 pub mod reference;
 pub mod snapshot;
+pub mod tracking;
+pub mod wire;
 
 pub use kernel::{read_kernel_clock, KernelClock};
 pub use precision::measure_precision;

@@ -34,15 +34,28 @@ pub enum ReferenceArg {
     System,
     /// The system clock as an authoritative local reference (labs, tests, benchmarks).
     Local,
+    /// The PTP hardware clock (`--phc`, or the PHC of `--interface`) as stratum 1.
+    Phc,
+    /// The system clock, with the header (stratum, refid, root delay and
+    /// dispersion, leap) of the local NTP daemon at this address that keeps it.
+    Ntp(SocketAddr),
 }
 
 fn parse_reference(s: &str) -> Result<ReferenceArg, String> {
     match s {
         "system" => Ok(ReferenceArg::System),
         "local" => Ok(ReferenceArg::Local),
-        other => Err(format!(
-            "unknown reference {other:?}: expected \"system\" or \"local\""
-        )),
+        "phc" => Ok(ReferenceArg::Phc),
+        other => match other.strip_prefix("ntp:") {
+            Some(addr) => addr
+                .parse()
+                .or_else(|_| addr.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 123)))
+                .map(ReferenceArg::Ntp)
+                .map_err(|_| format!("{addr:?} is not an address like 127.0.0.1:11123 or [::1]:11123")),
+            None => Err(format!(
+                "unknown reference {other:?}: expected \"system\", \"local\", \"phc\" or \"ntp:ADDR[:PORT]\""
+            )),
+        },
     }
 }
 
@@ -103,9 +116,40 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = TimestampingArg::Auto)]
     pub timestamping: TimestampingArg,
 
-    /// Reference: "system" (kernel clock state) or "local" (authoritative local clock).
+    /// Reference: "system" (kernel clock state), "local" (authoritative local
+    /// clock), "phc" (the PTP hardware clock as stratum 1) or "ntp:ADDR[:PORT]"
+    /// (mirror the header of the local NTP daemon that keeps the system clock).
     #[arg(long, value_parser = parse_reference, default_value = "system")]
     pub reference: ReferenceArg,
+
+    /// PTP hardware clock device (e.g. /dev/ptp0). Default: the PHC of the first
+    /// --interface whose NIC timestamps in hardware.
+    #[arg(long, value_name = "PATH")]
+    pub phc: Option<PathBuf>,
+
+    /// TAI - UTC in seconds for a PHC that runs in TAI. Default: the kernel's TAI
+    /// offset (adjtimex); use 0 for a PHC kept in UTC.
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true)]
+    pub utc_offset: Option<i32>,
+
+    /// Nanoseconds subtracted from hardware receive timestamps (after the
+    /// wire-time correction), like chrony's rxcomp.
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub rx_comp: i64,
+
+    /// Nanoseconds added to hardware transmit timestamps, like chrony's txcomp.
+    #[arg(
+        long,
+        value_name = "NS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub tx_comp: i64,
 
     /// Worker threads, each with its own socket per listen address and io_uring.
     /// Default: one per CPU.
@@ -121,7 +165,8 @@ pub struct Args {
     pub stratum: Option<u8>,
 
     /// Reference ID: 1-4 ASCII characters at stratum 1 (e.g. PTP, GPS), the upstream's
-    /// address at stratum 2 and above. Default "LOCL" with --reference local, else "SYS".
+    /// address at stratum 2 and above. Default "LOCL" with --reference local,
+    /// "PTP" with --reference phc, else "SYS".
     #[arg(long)]
     pub refid: Option<String>,
 
@@ -181,6 +226,22 @@ mod tests {
         assert!(Args::try_parse_from(["hwntpd", "--stratum", "16"]).is_err());
         assert!(Args::try_parse_from(["hwntpd", "--workers", "0"]).is_err());
         assert!(Args::try_parse_from(["hwntpd", "--reference", "gps"]).is_err());
+        assert!(Args::try_parse_from(["hwntpd", "--reference", "ntp:nohost"]).is_err());
+        let a = Args::try_parse_from([
+            "hwntpd",
+            "--reference",
+            "ntp:127.0.0.1:11123",
+            "--utc-offset",
+            "-1",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.reference,
+            ReferenceArg::Ntp("127.0.0.1:11123".parse().unwrap())
+        );
+        assert_eq!(a.utc_offset, Some(-1));
+        let a = Args::try_parse_from(["hwntpd", "--reference", "ntp:::1"]).unwrap();
+        assert_eq!(a.reference, ReferenceArg::Ntp("[::1]:123".parse().unwrap()));
         assert!(Args::try_parse_from(["hwntpd", "--listen", "127.0.0.1"]).is_err());
         let a = Args::try_parse_from([
             "hwntpd",

@@ -13,9 +13,16 @@
 //! * [`tracking`]: offset and frequency of a PHC against `CLOCK_REALTIME` by
 //!   regression, conversions between the two time domains and TAI/UTC.
 //! * [`wire`]: wire-time correction of hardware receive timestamps.
+//! * [`domain`]: converting software and hardware timestamps to served time.
+//! * [`phc_service`]: the thread that polls the PHC, tracks it and, with
+//!   `--reference phc`, publishes the server state.
+//! * [`mirror`]: `--reference ntp:ADDR`, mirroring a local daemon's header.
 
+pub mod domain;
 pub mod kernel;
+pub mod mirror;
 pub mod phc;
+pub mod phc_service;
 pub mod precision;
 pub mod realtime;
 pub mod reference;

@@ -44,6 +44,12 @@ pub enum ReferenceKind {
     /// The system clock taken as a reference as is (labs, tests, benchmarks;
     /// like chrony's `local stratum`): always synchronised (`--reference local`).
     Local,
+    /// The PTP hardware clock as stratum 1 (`--reference phc`); its state is
+    /// computed by the PHC thread ([`super::phc_service`]).
+    Phc,
+    /// The header of a local NTP daemon (`--reference ntp:ADDR`); its state is
+    /// computed by the mirror thread ([`super::mirror`]).
+    Ntp,
 }
 
 impl fmt::Display for ReferenceKind {
@@ -51,6 +57,8 @@ impl fmt::Display for ReferenceKind {
         f.write_str(match self {
             ReferenceKind::System => "system",
             ReferenceKind::Local => "local",
+            ReferenceKind::Phc => "phc",
+            ReferenceKind::Ntp => "ntp",
         })
     }
 }
@@ -339,6 +347,11 @@ pub fn compute_state(
                 reference_time: now,
                 ..ServerState::unsynchronized(cfg.precision)
             })
+        }
+        // Computed from the PHC or the upstream daemon by their own threads;
+        // until they have a reading the server is unsynchronised.
+        ReferenceKind::Phc | ReferenceKind::Ntp => {
+            with_cfg(ServerState::unsynchronized(cfg.precision))
         }
     }
 }

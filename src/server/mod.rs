@@ -13,22 +13,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::clock::domain::{ServedClock, TimeDomains};
+use crate::clock::mirror::spawn_mirror;
+use crate::clock::phc::{PhcFile, PhcReader};
+use crate::clock::phc_service::{spawn_phc_thread, PhcService, TaiOffset};
 use crate::clock::precision::measure_precision;
 use crate::clock::reference::{ReferenceConfig, ReferenceKind};
 use crate::clock::snapshot::{initial_state, spawn_refresher, StateCell};
+use crate::clock::wire::{Compensation, SPEED_UNKNOWN};
 use crate::config::{Args, OnUnsyncArg, ReferenceArg};
 use crate::net::socket::bind_udp;
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
 use stats::{StatsSnapshot, WorkerStats};
-use worker::{HardwareIsUtc, Worker, WorkerConfig, WorkerSocket};
+use worker::{Worker, WorkerConfig, WorkerSocket};
 
 /// Build the reference configuration from the command line.
 pub fn reference_config(args: &Args, precision: i8) -> Result<ReferenceConfig> {
     let (kind, default_refid) = match args.reference {
         ReferenceArg::System => (ReferenceKind::System, "SYS"),
         ReferenceArg::Local => (ReferenceKind::Local, "LOCL"),
+        ReferenceArg::Phc => (ReferenceKind::Phc, "PTP"),
+        ReferenceArg::Ntp(_) => (ReferenceKind::Ntp, "SYS"),
     };
     let stratum = args.stratum.unwrap_or(1);
     let text = args.refid.as_deref().unwrap_or(default_refid);
@@ -57,7 +64,50 @@ pub fn run(args: &Args) -> Result<()> {
     let precision = measure_precision();
     let reference = reference_config(args, precision)?;
     let cell = Arc::new(StateCell::new(initial_state(&reference)));
-    let plan = timestamping::plan(args)?;
+    let mut plan = timestamping::plan(args)?;
+    let served = if args.reference == ReferenceArg::Phc {
+        ServedClock::Phc
+    } else {
+        ServedClock::System
+    };
+    let domains = TimeDomains::new(
+        served,
+        Compensation::new(args.rx_comp, args.tx_comp),
+        plan.link_speed_mbps.unwrap_or(SPEED_UNKNOWN),
+    );
+    let phc_path = args.phc.clone().or_else(|| plan.phc.clone());
+    let mut threads = Vec::new();
+    match &phc_path {
+        Some(path) => {
+            let file = PhcFile::open(path)
+                .with_context(|| format!("opening PTP hardware clock {}", path.display()))?;
+            let reader = PhcReader::new(file)
+                .with_context(|| format!("reading PTP hardware clock {}", path.display()))?;
+            let tai = args.utc_offset.map_or(TaiOffset::Kernel, TaiOffset::Fixed);
+            if served == ServedClock::Phc && tai == TaiOffset::Kernel {
+                let kernel_tai = crate::clock::kernel::read_kernel_clock().map_or(0, |k| k.tai);
+                tracing::info!(
+                    tai_offset = kernel_tai,
+                    "PHC time served less the kernel's TAI-UTC offset (set --utc-offset to override; 0 for a PHC kept in UTC)"
+                );
+            }
+            let state = (served == ServedClock::Phc).then(|| (reference.clone(), cell.clone()));
+            threads.push(spawn_phc_thread(
+                PhcService::new(reader, tai),
+                domains.clone(),
+                state,
+                stop.clone(),
+            )?);
+        }
+        None if served == ServedClock::Phc => {
+            bail!("--reference phc needs --phc PATH, or an --interface whose NIC has a PTP hardware clock")
+        }
+        None if plan.rx_hardware || plan.tx_hardware => {
+            tracing::warn!("hardware timestamps are on but no PTP hardware clock is known to convert them: serving software timestamps (give --phc)");
+            plan.tx_hardware = false;
+        }
+        None => {}
+    }
 
     let n_workers = args.worker_count();
     let listen = args.listen_addrs();
@@ -88,7 +138,24 @@ pub fn run(args: &Args) -> Result<()> {
             "interleaved mode on (table shared by all workers)"
         );
     }
-    let refresher = spawn_refresher(reference.clone(), cell.clone(), stop.clone())?;
+    match &args.reference {
+        ReferenceArg::System | ReferenceArg::Local => {
+            threads.push(spawn_refresher(
+                reference.clone(),
+                cell.clone(),
+                stop.clone(),
+            )?);
+        }
+        ReferenceArg::Ntp(upstream) => {
+            threads.push(spawn_mirror(
+                *upstream,
+                reference.clone(),
+                cell.clone(),
+                stop.clone(),
+            )?);
+        }
+        ReferenceArg::Phc => {} // the PHC thread publishes the state
+    }
 
     let ring = RingConfig::default();
     let mut stats = Vec::with_capacity(n_workers);
@@ -108,7 +175,7 @@ pub fn run(args: &Args) -> Result<()> {
             tx_hardware: plan.tx_hardware,
             explicit_tx_key: plan.explicit_tx_key,
             rx: plan.rx,
-            hardware: Arc::new(HardwareIsUtc),
+            domains: domains.clone(),
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
         };
@@ -165,7 +232,9 @@ pub fn run(args: &Args) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
-    let _ = refresher.join();
+    for t in threads {
+        let _ = t.join();
+    }
     report(&stats, args.stats_file.as_deref(), true);
     Ok(())
 }

@@ -9,10 +9,13 @@
 //! socket command where the kernel has it (Linux 6.15+), else from the error queue.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
+use crate::clock::phc::phc_path;
 use crate::config::{Args, TimestampingArg};
+use crate::net::ethtool::{link_speed_mbps, ts_info};
 use crate::net::hwtstamp::set_hw_timestamping;
 use crate::net::socket::{enable_timestamping, probe_scm_ts_opt_id, TimestampingConfig};
 use crate::net::uring::probe_tx_timestamp_command;
@@ -31,6 +34,10 @@ pub struct TimestampingPlan {
     pub tx_mode: TxTimestampMode,
     /// Pass each reply's key with `SCM_TS_OPT_ID`.
     pub explicit_tx_key: bool,
+    /// The PHC of the first interface that timestamps in hardware.
+    pub phc: Option<PathBuf>,
+    /// Its link speed (for the receive wire-time correction), if known.
+    pub link_speed_mbps: Option<u32>,
     socket: Option<TimestampingConfig>,
 }
 
@@ -81,6 +88,7 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
         TimestampingArg::Auto | TimestampingArg::Hardware
     );
     let (mut rx_hw, mut tx_hw) = (false, false);
+    let (mut phc, mut link_speed) = (None, None);
     if want_hw {
         if args.interfaces.is_empty() {
             if args.timestamping == TimestampingArg::Hardware {
@@ -94,6 +102,23 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
                     tracing::info!(interface = %iface, "hardware timestamping: {outcome}");
                     rx_hw |= outcome.rx_hardware;
                     tx_hw |= outcome.tx_on;
+                    if phc.is_none() {
+                        match ts_info(iface).map(|i| i.phc()) {
+                            Ok(Some(index)) => {
+                                tracing::info!(interface = %iface, phc = %phc_path(index).display(), "NIC clock found");
+                                phc = Some(phc_path(index));
+                            }
+                            Ok(None) => {
+                                tracing::warn!(interface = %iface, "the NIC reports no PTP hardware clock")
+                            }
+                            Err(e) => {
+                                tracing::warn!(interface = %iface, "cannot find the NIC's PTP hardware clock: {e}")
+                            }
+                        }
+                    }
+                    if link_speed.is_none() {
+                        link_speed = link_speed_mbps(iface).ok().flatten();
+                    }
                 }
                 Err(e) => tracing::warn!(
                     interface = %iface,
@@ -129,7 +154,8 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
         tx_hardware: false,
         opt_id: tx_mode != TxTimestampMode::Off,
         tsonly: tx_mode != TxTimestampMode::Off,
-        pktinfo: false,
+        // the frame length of hardware-stamped packets, for the wire-time correction
+        pktinfo: rx_hw,
         bind_phc: None,
     });
     Ok(TimestampingPlan {
@@ -142,6 +168,8 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
         tx_hardware: tx_hw,
         tx_mode,
         explicit_tx_key,
+        phc,
+        link_speed_mbps: link_speed,
         socket,
     })
 }

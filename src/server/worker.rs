@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::clock::domain::TimeDomains;
 use crate::clock::realtime;
 use crate::clock::snapshot::StateCell;
 use crate::net::addr::parse_sockaddr;
@@ -54,22 +55,6 @@ pub enum RxTimestamps {
     User,
 }
 
-/// Converts NIC hardware timestamps (in the NIC's clock) to UTC.
-pub trait HardwareClock: Send + Sync {
-    /// The UTC time of a hardware timestamp, or `None` if it cannot be converted
-    /// now (then the software timestamp is used).
-    fn to_utc(&self, hw: KernelTime) -> Option<NtpTimestamp>;
-}
-
-/// A hardware clock assumed to run in UTC already (e.g. kept by phc2sys in UTC).
-pub struct HardwareIsUtc;
-
-impl HardwareClock for HardwareIsUtc {
-    fn to_utc(&self, hw: KernelTime) -> Option<NtpTimestamp> {
-        Some(NtpTimestamp::from_unix(hw.sec, hw.nsec))
-    }
-}
-
 /// One listening socket of a worker.
 pub struct WorkerSocket {
     /// The socket.
@@ -101,8 +86,8 @@ pub struct WorkerConfig {
     pub explicit_tx_key: bool,
     /// Receive timestamp source.
     pub rx: RxTimestamps,
-    /// Converter for hardware timestamps.
-    pub hardware: Arc<dyn HardwareClock>,
+    /// Converts software and hardware timestamps to served time.
+    pub domains: Arc<TimeDomains>,
     /// Ring sizes.
     pub ring: RingConfig,
     /// CPU to pin to.
@@ -230,7 +215,7 @@ impl Worker {
             self.ring.submit_and_wait(Duration::from_millis(200))?;
             // First thing after waking: the user-space receive time, used only for
             // datagrams that arrive without a kernel timestamp.
-            let wake = realtime::now();
+            let wake = self.served_now();
             let mut cqes = std::mem::take(&mut self.cqes);
             loop {
                 let n = self.ring.reap(&mut cqes);
@@ -253,6 +238,16 @@ impl Worker {
         }
         self.shutdown();
         Ok(())
+    }
+
+    /// The served time now: `CLOCK_REALTIME`, or the PHC's time for `--reference phc`.
+    #[inline]
+    fn served_now(&self) -> NtpTimestamp {
+        let t = realtime::now_unix();
+        self.cfg
+            .domains
+            .system_to_served(t)
+            .unwrap_or_else(|| NtpTimestamp::from_unix(t.0, t.1))
     }
 
     fn dispatch(&mut self, c: &Cqe, wake: NtpTimestamp) -> std::io::Result<()> {
@@ -358,23 +353,30 @@ impl Worker {
             return;
         };
         let meta = parse_rx_control(msg.control);
+        let domains = &self.cfg.domains;
         let hw = match (self.cfg.rx, meta.hardware) {
-            (RxTimestamps::Kernel, Some(hw)) => self.cfg.hardware.to_utc(hw),
+            (RxTimestamps::Kernel, Some(hw)) => {
+                domains.hardware_rx_to_served((hw.sec, hw.nsec), meta.frame_len)
+            }
             _ => None,
         };
-        let receive_time = match (hw, meta.software) {
-            (Some(t), _) => {
-                bump(&stats.rx_ts_hardware);
-                t
-            }
-            (None, Some(sw)) if self.cfg.rx == RxTimestamps::Kernel => {
-                bump(&stats.rx_ts_kernel);
-                NtpTimestamp::from_unix(sw.sec, sw.nsec)
-            }
-            _ => {
-                bump(&stats.rx_ts_user);
-                wake
-            }
+        let sw = match (self.cfg.rx, meta.software) {
+            (RxTimestamps::Kernel, Some(sw)) => Some(
+                domains
+                    .system_to_served((sw.sec, sw.nsec))
+                    .unwrap_or_else(|| NtpTimestamp::from_unix(sw.sec, sw.nsec)),
+            ),
+            _ => None,
+        };
+        let receive_time = if let Some(t) = hw {
+            bump(&stats.rx_ts_hardware);
+            t
+        } else if let Some(t) = sw {
+            bump(&stats.rx_ts_kernel);
+            t
+        } else {
+            bump(&stats.rx_ts_user);
+            wake
         };
         let Some(slot) = self.slots.alloc() else {
             bump(&stats.send_queue_full);
@@ -451,7 +453,7 @@ impl Worker {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let now = realtime::now().with_even_low_bit();
+        let now = self.served_now().with_even_low_bit();
         let sent_at = Instant::now();
         for i in 0..self.batch.len() {
             let q = self.batch[i];
@@ -535,14 +537,15 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
         Completion::Late => return bump(&stats.tx_ts_late),
         Completion::Unmatched => return bump(&stats.tx_ts_unmatched),
     };
-    let exact = if ts.hardware {
-        match cfg.hardware.to_utc(ts.time) {
-            Some(t) => t,
-            None => return,
-        }
+    let raw = (ts.time.sec, ts.time.nsec);
+    let converted = if ts.hardware {
+        cfg.domains.hardware_tx_to_served(raw)
     } else {
-        NtpTimestamp::from_unix(ts.time.sec, ts.time.nsec)
+        cfg.domains.system_to_served(raw)
     };
+    // A stamp that cannot be converted now (PHC tracking unhealthy) leaves the
+    // pre-send reading in place.
+    let Some(exact) = converted else { return };
     bump(if ts.hardware {
         &stats.tx_ts_hardware
     } else {

@@ -17,7 +17,7 @@
 #
 # Environment knobs:
 #   VM_CACHE=/var/cache/hwntpd-vm  downloads and the extracted kernel (reused across runs)
-#   VM_HWNTPD=0|1                  1: build hwntpd (+ hwntpd-bench if it exists) statically
+#   VM_HWNTPD=1|0                  1 (default): build hwntpd and hwntpd-bench statically
 #                                  and run the hwntpd section of guest-test.sh
 #   HWNTPD_BIN=/path               use this hwntpd binary instead of building it (implies
 #                                  the hwntpd section); HWNTPD_BENCH_BIN likewise
@@ -36,7 +36,7 @@ VM_TIMEOUT=${VM_TIMEOUT:-300}
 VM_SMP=${VM_SMP:-1}
 VM_MEM=${VM_MEM:-512}
 VM_NIC=${VM_NIC:-igb}
-VM_HWNTPD=${VM_HWNTPD:-0}
+VM_HWNTPD=${VM_HWNTPD:-1}
 HWNTPD_BIN=${HWNTPD_BIN:-}
 HWNTPD_BENCH_BIN=${HWNTPD_BENCH_BIN:-}
 VM_EXTRA_BINS=${VM_EXTRA_BINS:-}

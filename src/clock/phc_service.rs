@@ -79,6 +79,7 @@ pub struct PhcService<D: PhcDevice> {
     tracker: PhcTracker,
     tai: TaiOffset,
     healthy: Option<bool>,
+    ever_healthy: bool,
     last_reading: NtpTimestamp,
     read_error_logged: bool,
 }
@@ -91,6 +92,7 @@ impl<D: PhcDevice> PhcService<D> {
             tracker: PhcTracker::new(),
             tai,
             healthy: None,
+            ever_healthy: false,
             last_reading: NtpTimestamp::ZERO,
             read_error_logged: false,
         }
@@ -152,18 +154,21 @@ impl<D: PhcDevice> PhcService<D> {
         }
         let now = now(&self.tracker);
         let healthy = self.tracker.healthy(now);
-        match self.healthy.replace(healthy) {
-            Some(was) if was != healthy => {
-                if healthy {
-                    tracing::info!(phc = %name, "PHC tracking healthy again");
-                } else {
-                    tracing::warn!(phc = %name, "PHC tracking unhealthy: hardware timestamps not served until it recovers");
-                }
+        let was = self.healthy.replace(healthy);
+        if healthy && !self.ever_healthy {
+            self.ever_healthy = true;
+            tracing::info!(
+                phc = %name,
+                method = %self.reader.method(),
+                offset_ns = self.tracker.last().map_or(0, |m| m.offset_ns),
+                "PHC tracking established"
+            );
+        } else if was.is_some_and(|w| w != healthy) {
+            if healthy {
+                tracing::info!(phc = %name, "PHC tracking healthy again");
+            } else {
+                tracing::warn!(phc = %name, "PHC tracking unhealthy: hardware timestamps not served until it recovers");
             }
-            None if healthy => {
-                tracing::info!(phc = %name, method = %self.reader.method(), "PHC tracking established")
-            }
-            _ => {}
         }
         let kernel = read_kernel_clock().ok();
         let tai_offset = match self.tai {

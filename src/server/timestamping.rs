@@ -150,8 +150,9 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
     let socket = (!user).then(|| TimestampingConfig {
         rx_software: true,
         rx_hardware: rx_hw,
-        tx_software: false,
-        tx_hardware: false,
+        // reporting only: generation is asked per reply, so basic replies never pay
+        tx_software: tx_mode != TxTimestampMode::Off,
+        tx_hardware: tx_hw && tx_mode != TxTimestampMode::Off,
         opt_id: tx_mode != TxTimestampMode::Off,
         tsonly: tx_mode != TxTimestampMode::Off,
         // the frame length of hardware-stamped packets, for the wire-time correction

@@ -297,6 +297,17 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<()> {
                 us(o),
                 us(d)
             );
+            // The previous reply left the server after the server received its
+            // request and before we received it: check the exact transmit
+            // timestamp against both (same host clock in a lab).
+            let after_rx = h.transmit.diff_nanos(p.t2);
+            let before_rx = p.t4.diff_nanos(h.transmit);
+            println!(
+                "  previous reply's exact transmit: {} after the server received its request, {} before we received it (inside: {})",
+                us(after_rx),
+                us(before_rx),
+                if after_rx >= 0 && before_rx >= 0 { "yes" } else { "no" }
+            );
         } else {
             println!("  offset {} delay {}", us(o), us(d));
             println!(

@@ -27,6 +27,15 @@ pub enum OnUnsyncArg {
     Drop,
 }
 
+/// A switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOffArg {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
 /// Where the served time and its claims come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReferenceArg {
@@ -177,6 +186,13 @@ pub struct Args {
     /// Entries of the interleaved-mode table (16 octets each; 0 turns interleaved mode off).
     #[arg(long, default_value_t = 65536, value_name = "N")]
     pub interleave_entries: usize,
+
+    /// Basic replies: add the smallest recently measured send latency (kernel or
+    /// NIC transmit timestamp minus the pre-send clock reading, sampled at most
+    /// every 10 ms per socket) to the transmit timestamp, so it lies closer to
+    /// the moment the reply left. "off" serves the bare pre-send reading.
+    #[arg(long, value_enum, default_value_t = OnOffArg::On)]
+    pub send_latency_comp: OnOffArg,
 
     /// Write statistics (Prometheus text format) to this file every --stats-interval seconds.
     #[arg(long, value_name = "PATH")]

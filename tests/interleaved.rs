@@ -53,16 +53,19 @@ fn xleave_client_changing_address_gets_exact_transmit_times() {
         if is_interleaved {
             interleaved += 1;
             let (prev, prev_local_rx) = previous.unwrap();
-            // The exact transmit time of the previous reply: after the pre-send
-            // reading served in it, before our receipt of it.
-            let after_pre_send = h.transmit.diff_nanos(prev.transmit);
+            // The exact transmit time of the previous reply: after the server
+            // received that request, before our receipt of the reply, and (the
+            // served basic transmit being a reading plus the smallest recent send
+            // latency) close to the transmit time served in it.
+            let after_rx = h.transmit.diff_nanos(prev.receive);
             assert!(
-                after_pre_send >= 0,
-                "exact TX {after_pre_send} ns before the pre-send reading"
+                after_rx > 0,
+                "exact TX {after_rx} ns before the server received the request"
             );
+            let from_served = h.transmit.diff_nanos(prev.transmit);
             assert!(
-                after_pre_send < 5_000_000,
-                "exact TX {after_pre_send} ns after the pre-send reading"
+                from_served.abs() < 5_000_000,
+                "exact TX {from_served} ns from the served estimate"
             );
             assert!(
                 h.transmit.diff_nanos(prev_local_rx) <= 0,
@@ -92,7 +95,8 @@ fn xleave_client_changing_address_gets_exact_transmit_times() {
 
 #[test]
 fn basic_clients_do_not_pay_for_transmit_timestamps() {
-    let server = Server::start("basic-only", &[]);
+    // Without send-latency calibration: never.
+    let server = Server::start("basic-only", &["--send-latency-comp", "off"]);
     for i in 0..10 {
         assert!(
             query(server.addr, 4, 3, Duration::from_secs(1)).is_some(),
@@ -103,6 +107,28 @@ fn basic_clients_do_not_pay_for_transmit_timestamps() {
         stat(s, "hwntpd_replies_total{mode=\"basic\"}") >= 10
     });
     assert_eq!(stat(&s, "hwntpd_tx_timestamps_requested_total"), 0, "{s:?}");
+    assert_eq!(stat(&s, "hwntpd_replies_total{mode=\"interleaved\"}"), 0);
+
+    // With it (the default): at most one sampled reply per 10 ms per socket.
+    let server = Server::start("basic-sampled", &[]);
+    let started = Instant::now();
+    let n = 300;
+    for i in 0..n {
+        assert!(
+            query(server.addr, 4, 3, Duration::from_secs(1)).is_some(),
+            "query {i}"
+        );
+    }
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let s = server.wait_stats("300 replies", |s| {
+        stat(s, "hwntpd_replies_total{mode=\"basic\"}") >= n
+    });
+    let requested = stat(&s, "hwntpd_tx_timestamps_requested_total");
+    assert!(requested >= 1, "some replies calibrate the send latency");
+    assert!(
+        requested <= 1 + elapsed_ms / 10,
+        "{requested} TX stamps for {n} replies in {elapsed_ms} ms"
+    );
     assert_eq!(stat(&s, "hwntpd_replies_total{mode=\"interleaved\"}"), 0);
 }
 
@@ -125,7 +151,7 @@ fn full_table_degrades_to_basic_never_to_wrong_times() {
                 interleaved += 1;
                 let (p, p_rx) = prev.unwrap();
                 assert!(
-                    h.transmit.diff_nanos(p.transmit) >= 0 && h.transmit.diff_nanos(p_rx) <= 0,
+                    h.transmit.diff_nanos(p.receive) > 0 && h.transmit.diff_nanos(p_rx) <= 0,
                     "wrong entry served"
                 );
             } else {
@@ -154,25 +180,8 @@ fn chronyd_xleave_client_over_veth_gets_interleaved_replies() {
     let net = NetnsPair::new("xl");
     let dir = tempdir("xleave-server");
     let v4 = format!("{}:123", net.server_v4);
-    let stats = dir.join("stats.prom");
-    let log = std::fs::File::create(dir.join("log")).unwrap();
-    let child = NetnsPair::cmd(&net.server_ns, env!("CARGO_BIN_EXE_hwntpd"))
-        .args(["--listen", &v4, "--reference", "local", "--workers", "1"])
-        .args([
-            "--stats-file",
-            stats.to_str().unwrap(),
-            "--stats-interval",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child: Some(child),
-        addr: v4.parse().unwrap(),
-        dir,
-    };
+    let args = ["--listen", &v4, "--reference", "local", "--workers", "1"];
+    let server = Server::spawn_in(Some(&net.server_ns), &args, &dir, v4.parse().unwrap());
 
     let cdir = tempdir("xleave-client");
     std::fs::set_permissions(&cdir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -14,37 +13,18 @@ fn start_in_netns(net: &NetnsPair, name: &str, extra: &[&str]) -> Server {
     let dir = tempdir(name);
     let v4 = format!("{}:123", net.server_v4);
     let v6 = format!("[{}]:123", net.server_v6);
-    let stats = dir.join("stats.prom");
-    let log = std::fs::File::create(dir.join("log")).unwrap();
-    let child = NetnsPair::cmd(&net.server_ns, env!("CARGO_BIN_EXE_hwntpd"))
-        .args([
-            "--listen",
-            &v4,
-            "--listen",
-            &v6,
-            "--reference",
-            "local",
-            "--workers",
-            "1",
-        ])
-        .args(extra)
-        .args([
-            "--stats-file",
-            stats.to_str().unwrap(),
-            "--stats-interval",
-            "1",
-            "--log-level",
-            "debug",
-        ])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let server = Server {
-        child: Some(child),
-        addr: v4.parse().unwrap(),
-        dir,
-    };
+    let mut args = vec![
+        "--listen",
+        &v4,
+        "--listen",
+        &v6,
+        "--reference",
+        "local",
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::spawn_in(Some(&net.server_ns), &args, &dir, v4.parse().unwrap());
     let (addr, client_ns) = (server.addr, net.client_ns.clone());
     let bind = format!("{}:0", net.client_v4);
     let ready = in_netns(&client_ns, move || {

@@ -129,4 +129,34 @@ if [ -x /bin/hwntpd ]; then
     grep -v '^#' "$STATS" 2>/dev/null | grep -v ' 0$'
 fi
 
+# --------------------------------------------------------------------------------------
+# 3. The PHC as the reference (--reference phc): the igb PHC starts at the guest's
+#    UTC time, so --utc-offset 0; the served time must agree with the guest's clock.
+# --------------------------------------------------------------------------------------
+if [ -x /bin/hwntpd ] && [ -x /bin/hwntpd-bench ]; then
+    LOG=/tmp/hwntpd-phc.log
+    hwntpd --reference phc --phc /dev/ptp0 --utc-offset 0 --interface "$SRV_IF" \
+        --listen "$SRV_IP:123" --workers 1 --log-level info >"$LOG" 2>&1 &
+    SRV_PID=$!
+    n=0
+    while [ $n -lt 20 ] && ! grep -q "PHC tracking established" "$LOG"; do
+        kill -0 $SRV_PID 2>/dev/null || break
+        sleep 1
+        n=$((n + 1))
+    done
+    in_cli timeout 30 hwntpd-bench query --server "$SRV_IP:123" --count 3 --interval-ms 300 >/tmp/client-phc.log 2>&1
+    stratum=$(grep -m1 "^  stratum" /tmp/client-phc.log | awk '{print $2}')
+    refid=$(grep -m1 "^  refid" /tmp/client-phc.log | awk '{print $2}')
+    # offsets in us, absolute values, worst of the replies
+    worst=$(grep "^  offset " /tmp/client-phc.log | awk '{v=$2; if (v<0) v=-v; if (v>m) m=v} END {print m+0}')
+    nrep=$(grep -c "^  offset " /tmp/client-phc.log)
+    if [ "$stratum" = 1 ] && [ "$refid" = '"PTP"' ] && [ "$nrep" -ge 2 ] && awk "BEGIN {exit !($worst < 2000)}"; then
+        check hwntpd-reference-phc PASS "stratum $stratum refid $refid, $nrep replies, worst |offset| $worst us against the guest clock"
+    else
+        check hwntpd-reference-phc FAIL "stratum '$stratum' refid '$refid' replies $nrep worst |offset| '$worst' us: $(tail -3 /tmp/client-phc.log | tr '\n' '|') $(tail -3 "$LOG" | tr '\n' '|')"
+    fi
+    kill $SRV_PID 2>/dev/null
+    wait $SRV_PID 2>/dev/null
+fi
+
 [ $FAILED -eq 0 ]

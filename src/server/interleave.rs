@@ -101,34 +101,31 @@ impl InterleaveTable {
     /// Replace the transmit time of an existing entry (the exact time arrived).
     /// Returns `false` if the entry is gone (answered, overwritten) or busy.
     pub fn update(&self, receive: NtpTimestamp, transmit: NtpTimestamp) -> bool {
+        let Some(slot) = self.claim(receive) else {
+            return false;
+        };
+        slot.value.store(transmit.to_bits(), Ordering::Relaxed);
+        slot.key.store(receive.to_bits(), Ordering::Release);
+        true
+    }
+
+    /// Claim the slot holding `receive` (key swapped to [`BUSY`]); the caller
+    /// must store a key back. `None` if the key is invalid, absent or busy.
+    fn claim(&self, receive: NtpTimestamp) -> Option<&Slot> {
         let key = receive.to_bits();
         let slot = self.slot(key);
-        if key & 1 == 0
-            || slot
+        let ok = key & 1 == 1
+            && slot
                 .key
                 .compare_exchange(key, BUSY, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
-            return false;
-        }
-        slot.value.store(transmit.to_bits(), Ordering::Relaxed);
-        slot.key.store(key, Ordering::Release);
-        true
+                .is_ok();
+        ok.then_some(slot)
     }
 }
 
 impl InterleaveLookup for InterleaveTable {
     fn take(&self, receive: NtpTimestamp) -> Option<NtpTimestamp> {
-        let key = receive.to_bits();
-        let slot = self.slot(key);
-        if key & 1 == 0
-            || slot
-                .key
-                .compare_exchange(key, BUSY, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
-            return None;
-        }
+        let slot = self.claim(receive)?;
         let value = slot.value.load(Ordering::Relaxed);
         slot.key.store(EMPTY, Ordering::Release);
         Some(NtpTimestamp(value))

@@ -21,7 +21,7 @@ use crate::clock::precision::measure_precision;
 use crate::clock::reference::{ReferenceConfig, ReferenceKind};
 use crate::clock::snapshot::{initial_state, spawn_refresher, StateCell};
 use crate::clock::wire::{Compensation, SPEED_UNKNOWN};
-use crate::config::{Args, OnUnsyncArg, ReferenceArg};
+use crate::config::{Args, OnOffArg, OnUnsyncArg, ReferenceArg};
 use crate::net::socket::bind_udp;
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
@@ -54,8 +54,31 @@ pub fn reference_config(args: &Args, precision: i8) -> Result<ReferenceConfig> {
     Ok(cfg)
 }
 
+/// The kernel's (major, minor) version from a release string like "6.18.44-foo".
+pub fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Refuse kernels without multishot `recvmsg` over provided buffers (6.0+).
+fn check_kernel() -> Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    match parse_kernel_version(&release) {
+        Some(v) if v < (6, 0) => bail!(
+            "Linux {} lacks io_uring multishot recvmsg with provided buffers: hwntpd needs Linux 6.0 or newer",
+            release.trim()
+        ),
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!("cannot tell the kernel version; assuming it has io_uring multishot recvmsg (6.0+)");
+            Ok(())
+        }
+    }
+}
+
 /// Run the server until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> Result<()> {
+    check_kernel()?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -175,6 +198,7 @@ pub fn run(args: &Args) -> Result<()> {
             tx_hardware: plan.tx_hardware,
             explicit_tx_key: plan.explicit_tx_key,
             rx: plan.rx,
+            compensate_send_latency: args.send_latency_comp == OnOffArg::On,
             domains: domains.clone(),
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
@@ -257,4 +281,18 @@ fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     tmp.push(".tmp");
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_kernel_version;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v595\n"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_kernel_version("6.0"), Some((6, 0)));
+        assert_eq!(parse_kernel_version("garbage"), None);
+        assert!(parse_kernel_version("5.19.1").unwrap() < (6, 0));
+    }
 }

@@ -15,19 +15,31 @@ use crate::protocol::NtpTimestamp;
 /// Transmit timestamps that arrive later than this are ignored.
 pub const TX_TIMESTAMP_DEADLINE: Duration = Duration::from_secs(1);
 
+/// What is remembered of a reply that asked for its transmit timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sent {
+    /// The receive timestamp it served (the interleaved-mode key).
+    pub served_receive: NtpTimestamp,
+    /// The clock reading taken just before the send.
+    pub pre_send: NtpTimestamp,
+    /// Whether the exact time goes into the interleaved-mode table (else the
+    /// timestamp only calibrates the send latency).
+    pub interleave: bool,
+}
+
 #[derive(Clone, Copy)]
 struct Entry {
     key: u32,
     waiting: bool,
-    served_receive: NtpTimestamp,
+    sent: Sent,
     sent_at: Instant,
 }
 
 /// What became of a reported transmit timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Completion {
-    /// On time: the reply served this receive timestamp.
-    OnTime(NtpTimestamp),
+    /// On time: this is the reply it belongs to.
+    OnTime(Sent),
     /// Later than the deadline: ignored.
     Late,
     /// No reply waits for this key (already completed, overwritten, or unknown).
@@ -54,13 +66,13 @@ impl PendingTx {
 
     /// Register a reply sent at `now` under `key`. Returns `true` if this
     /// evicted a reply still waiting (its timestamp is then counted as missed).
-    pub fn register(&mut self, key: u32, served_receive: NtpTimestamp, now: Instant) -> bool {
+    pub fn register(&mut self, key: u32, sent: Sent, now: Instant) -> bool {
         let slot = self.slot(key);
         let evicted = slot.is_some_and(|e| e.waiting);
         *slot = Some(Entry {
             key,
             waiting: true,
-            served_receive,
+            sent,
             sent_at: now,
         });
         evicted
@@ -75,7 +87,7 @@ impl PendingTx {
                 if now.saturating_duration_since(e.sent_at) > TX_TIMESTAMP_DEADLINE {
                     Completion::Late
                 } else {
-                    Completion::OnTime(e.served_receive)
+                    Completion::OnTime(e.sent)
                 }
             }
             _ => Completion::Unmatched,
@@ -95,6 +107,58 @@ impl PendingTx {
     }
 }
 
+/// Samples of the send latency kept by [`SendLatency`].
+pub const LATENCY_WINDOW: usize = 64;
+/// Samples needed before [`SendLatency::estimate`] gives a value.
+pub const LATENCY_MIN_SAMPLES: usize = 8;
+/// Samples outside 0..this are discarded (a stalled thread, a clock step).
+pub const LATENCY_MAX_NS: i64 = 1_000_000;
+
+/// The send latency: how long after the pre-send clock reading the kernel (or
+/// NIC) actually stamps the reply as transmitted. A basic reply can only carry a
+/// reading taken before the send; adding the smallest recently measured latency
+/// moves that reading towards the real transmit time without ever passing it
+/// for the fastest sends (the same idea as ntpd's authentication-delay
+/// compensation). Learned from the transmit timestamps the server asks for
+/// anyway, plus a few sampled basic replies.
+pub struct SendLatency {
+    samples: [i64; LATENCY_WINDOW],
+    len: usize,
+    next: usize,
+    estimate: Option<i64>,
+}
+
+impl Default for SendLatency {
+    fn default() -> Self {
+        SendLatency {
+            samples: [0; LATENCY_WINDOW],
+            len: 0,
+            next: 0,
+            estimate: None,
+        }
+    }
+}
+
+impl SendLatency {
+    /// Add one measured latency (exact transmit time minus pre-send reading).
+    pub fn add(&mut self, latency_ns: i64) {
+        if !(0..LATENCY_MAX_NS).contains(&latency_ns) {
+            return;
+        }
+        self.samples[self.next] = latency_ns;
+        self.next = (self.next + 1) % LATENCY_WINDOW;
+        self.len = (self.len + 1).min(LATENCY_WINDOW);
+        self.estimate = (self.len >= LATENCY_MIN_SAMPLES)
+            .then(|| self.samples[..self.len].iter().copied().min())
+            .flatten();
+    }
+
+    /// The smallest latency of the recent window, once there are enough samples.
+    pub fn estimate(&self) -> Option<i64> {
+        self.estimate
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,23 +167,49 @@ mod tests {
     use crate::protocol::{LeapIndicator, NtpShort, ServerState};
     use crate::server::interleave::InterleaveTable;
 
+    fn sent(k: u64) -> Sent {
+        Sent {
+            served_receive: NtpTimestamp(k),
+            pre_send: NtpTimestamp(k << 8),
+            interleave: true,
+        }
+    }
+
+    #[test]
+    fn latency_estimate_is_the_recent_minimum() {
+        let mut l = SendLatency::default();
+        for x in [30_000, 20_000, 25_000, 22_000, 21_000, 40_000, 26_000] {
+            l.add(x);
+        }
+        assert_eq!(l.estimate(), None, "too few samples");
+        l.add(23_000);
+        assert_eq!(l.estimate(), Some(20_000));
+        l.add(-5);
+        l.add(2_000_000);
+        assert_eq!(l.estimate(), Some(20_000), "outliers ignored");
+        for _ in 0..LATENCY_WINDOW {
+            l.add(24_000);
+        }
+        assert_eq!(l.estimate(), Some(24_000), "old samples age out");
+    }
+
     #[test]
     fn on_time_late_unmatched_missed() {
         let t0 = Instant::now();
         let mut p = PendingTx::new(4);
-        assert!(!p.register(1, NtpTimestamp(0x11), t0));
+        assert!(!p.register(1, sent(0x11), t0));
         assert_eq!(
             p.complete(1, t0 + Duration::from_millis(1)),
-            Completion::OnTime(NtpTimestamp(0x11))
+            Completion::OnTime(sent(0x11))
         );
         assert_eq!(p.complete(1, t0), Completion::Unmatched, "only once");
         assert_eq!(p.complete(9, t0), Completion::Unmatched, "unknown key");
-        p.register(2, NtpTimestamp(0x21), t0);
+        p.register(2, sent(0x21), t0);
         assert_eq!(
             p.complete(2, t0 + Duration::from_millis(1500)),
             Completion::Late
         );
-        p.register(3, NtpTimestamp(0x31), t0);
+        p.register(3, sent(0x31), t0);
         assert_eq!(p.sweep(t0 + Duration::from_millis(500)), 0);
         assert_eq!(
             p.sweep(t0 + Duration::from_secs(2)),
@@ -131,8 +221,8 @@ mod tests {
             Completion::Unmatched
         );
         // key 15 lands on key 11's slot: a reply still waiting there is evicted
-        p.register(11, NtpTimestamp(0x41), t0);
-        assert!(p.register(15, NtpTimestamp(0x51), t0));
+        p.register(11, sent(0x41), t0);
+        assert!(p.register(15, sent(0x51), t0));
     }
 
     fn state() -> ServerState {
@@ -185,10 +275,20 @@ mod tests {
             assert!(r1.want_tx_timestamp);
             let pre_send = NtpTimestamp(0x1000_2000);
             table.insert(r1.served_receive, NtpTimestamp(pre_send.0 | 1));
-            pending.register(0, r1.served_receive, t0);
+            pending.register(
+                0,
+                Sent {
+                    served_receive: r1.served_receive,
+                    pre_send,
+                    interleave: true,
+                },
+                t0,
+            );
             let exact = NtpTimestamp(0x1000_2222 & !1);
             if arrives {
-                let Completion::OnTime(k) = pending.complete(0, t0 + Duration::from_micros(30))
+                let Completion::OnTime(Sent {
+                    served_receive: k, ..
+                }) = pending.complete(0, t0 + Duration::from_micros(30))
                 else {
                     panic!()
                 };

@@ -33,7 +33,7 @@ use crate::protocol::server::{
 use crate::protocol::NtpTimestamp;
 use crate::server::interleave::InterleaveTable;
 use crate::server::stats::{add, bump, WorkerStats};
-use crate::server::txstamps::{Completion, PendingTx};
+use crate::server::txstamps::{Completion, PendingTx, SendLatency, Sent};
 
 /// How a worker learns the exact transmit time of a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +86,8 @@ pub struct WorkerConfig {
     pub explicit_tx_key: bool,
     /// Receive timestamp source.
     pub rx: RxTimestamps,
+    /// Add the measured send latency to the transmit reading of basic replies.
+    pub compensate_send_latency: bool,
     /// Converts software and hardware timestamps to served time.
     pub domains: Arc<TimeDomains>,
     /// Ring sizes.
@@ -120,7 +122,26 @@ struct SocketState {
     local: SocketAddr,
     next_key: u32,
     pending: PendingTx,
+    latency: SendLatency,
+    last_calibration: NtpTimestamp,
 }
+
+impl SocketState {
+    /// Whether a basic reply should sample the send latency now (at most one
+    /// transmit-timestamp request per [`CALIBRATION_INTERVAL_NS`] per socket).
+    fn calibration_due(&mut self, now: NtpTimestamp) -> bool {
+        let due = self.last_calibration.is_zero()
+            || now.diff_nanos(self.last_calibration) >= CALIBRATION_INTERVAL_NS;
+        if due {
+            self.last_calibration = now;
+        }
+        due
+    }
+}
+
+/// How often a basic reply asks for its transmit timestamp to calibrate the
+/// send latency (per socket).
+pub const CALIBRATION_INTERVAL_NS: i64 = 10_000_000;
 
 /// A reply of the current batch, queued in a send slot and not yet submitted.
 #[derive(Clone, Copy)]
@@ -130,6 +151,7 @@ struct Queued {
     patch_transmit: bool,
     served_receive: NtpTimestamp,
     want_tx: bool,
+    interleave: bool,
     tx_key: u32,
 }
 
@@ -170,6 +192,8 @@ impl Worker {
                 local: s.local,
                 next_key: 0,
                 pending: PendingTx::new(PENDING_TX),
+                latency: SendLatency::default(),
+                last_calibration: NtpTimestamp::ZERO,
             })
             .collect();
         let n_slots = cfg.ring.send_slots;
@@ -418,8 +442,15 @@ impl Worker {
             ReplyKind::Kod(_) => (SlotKind::Kod, false),
         };
         self.slot_kind[usize::from(slot)] = kind;
-        let want_tx = reply.want_tx_timestamp && self.cfg.tx_mode != TxTimestampMode::Off;
+        let tx_on = self.cfg.tx_mode != TxTimestampMode::Off;
         let sock = &mut self.sockets[socket];
+        let interleave = reply.want_tx_timestamp && tx_on;
+        let calibrate = !interleave
+            && patch
+            && tx_on
+            && self.cfg.compensate_send_latency
+            && sock.calibration_due(wake);
+        let want_tx = interleave || calibrate;
         // Keys are handed out in send order, so they also match the socket's own
         // counter when SCM_TS_OPT_ID is unavailable.
         let tx_key = sock.next_key;
@@ -443,6 +474,7 @@ impl Worker {
             patch_transmit: patch,
             served_receive: reply.served_receive,
             want_tx,
+            interleave,
             tx_key,
         });
     }
@@ -453,24 +485,35 @@ impl Worker {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let now = self.served_now().with_even_low_bit();
+        let now = self.served_now();
         let sent_at = Instant::now();
         for i in 0..self.batch.len() {
             let q = self.batch[i];
+            let sock = &mut self.sockets[q.socket];
+            // The reading plus the smallest recently measured send latency: the
+            // best estimate of the transmit time a basic reply can carry.
+            let latency = if self.cfg.compensate_send_latency {
+                sock.latency.estimate().unwrap_or(0)
+            } else {
+                0
+            };
+            let transmit = now.add_nanos(latency).with_even_low_bit();
             if q.patch_transmit {
-                set_transmit(self.slots.payload_mut(q.slot), now);
+                set_transmit(self.slots.payload_mut(q.slot), transmit);
             }
             if q.want_tx {
-                if self.sockets[q.socket]
-                    .pending
-                    .register(q.tx_key, q.served_receive, sent_at)
-                {
+                let sent = Sent {
+                    served_receive: q.served_receive,
+                    pre_send: now,
+                    interleave: q.interleave,
+                };
+                if sock.pending.register(q.tx_key, sent, sent_at) {
                     bump(&self.cfg.stats.tx_ts_missed);
                 }
                 bump(&self.cfg.stats.tx_ts_requested);
-                if let Some(t) = &self.cfg.table {
-                    // Low bit 1: only the pre-send reading until the exact one comes.
-                    t.insert(q.served_receive, NtpTimestamp(now.to_bits() | 1));
+                if let (true, Some(t)) = (q.interleave, &self.cfg.table) {
+                    // Low bit 1: only an estimate until the exact time comes.
+                    t.insert(q.served_receive, NtpTimestamp(transmit.to_bits() | 1));
                 }
             }
             let fd = self.sockets[q.socket].fd;
@@ -532,8 +575,8 @@ impl Worker {
 /// Match a transmit timestamp to its reply and record the exact time.
 fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimestamp) {
     let stats = &cfg.stats;
-    let served_receive = match sock.pending.complete(ts.key, Instant::now()) {
-        Completion::OnTime(r) => r,
+    let sent = match sock.pending.complete(ts.key, Instant::now()) {
+        Completion::OnTime(sent) => sent,
         Completion::Late => return bump(&stats.tx_ts_late),
         Completion::Unmatched => return bump(&stats.tx_ts_unmatched),
     };
@@ -551,8 +594,9 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
     } else {
         &stats.tx_ts_kernel
     });
-    if let Some(t) = &cfg.table {
-        t.update(served_receive, exact.with_even_low_bit());
+    sock.latency.add(exact.diff_nanos(sent.pre_send));
+    if let (true, Some(t)) = (sent.interleave, &cfg.table) {
+        t.update(sent.served_receive, exact.with_even_low_bit());
     }
 }
 

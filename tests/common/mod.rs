@@ -59,9 +59,24 @@ impl Server {
 
     /// Spawn with exactly these arguments (plus the stats file), without waiting.
     pub fn spawn(args: &[&str], dir: &std::path::Path, addr: SocketAddr) -> Server {
+        Self::spawn_in(None, args, dir, addr)
+    }
+
+    /// Like [`Server::spawn`], inside network namespace `ns` when given.
+    pub fn spawn_in(
+        ns: Option<&str>,
+        args: &[&str],
+        dir: &std::path::Path,
+        addr: SocketAddr,
+    ) -> Server {
         let stats = dir.join("stats.prom");
         let log = std::fs::File::create(dir.join("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hwntpd"))
+        let bin = env!("CARGO_BIN_EXE_hwntpd");
+        let mut cmd = match ns {
+            Some(ns) => NetnsPair::cmd(ns, bin),
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(args)
             .args([
                 "--stats-file",

@@ -47,7 +47,10 @@ impl Server {
         let dir = tempdir(name);
         let v4 = format!("127.0.0.1:{port}");
         let v6 = format!("[::1]:{port}");
-        let mut args = vec!["--listen", &v4, "--listen", &v6, "--workers", "1"];
+        let mut args = vec!["--listen", &v4, "--listen", &v6];
+        if !extra.contains(&"--workers") {
+            args.extend_from_slice(&["--workers", "1"]);
+        }
         if !extra.contains(&"--reference") {
             args.extend_from_slice(&["--reference", "local"]);
         }

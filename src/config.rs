@@ -113,7 +113,7 @@ fn parse_stratum(s: &str) -> Result<u8, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "hwntpd", version, about, long_about = None)]
 pub struct Args {
-    /// Address and port to serve on (repeatable). Default: 0.0.0.0:123 and [::]:123.
+    /// Address and port to serve on (repeatable). Default: `0.0.0.0:123` and `[::]:123`.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 
@@ -126,7 +126,7 @@ pub struct Args {
     pub timestamping: TimestampingArg,
 
     /// Reference: "system" (kernel clock state), "local" (authoritative local
-    /// clock), "phc" (the PTP hardware clock as stratum 1) or "ntp:ADDR[:PORT]"
+    /// clock), "phc" (the PTP hardware clock as stratum 1) or `ntp:ADDR[:PORT]`
     /// (mirror the header of the local NTP daemon that keeps the system clock).
     #[arg(long, value_parser = parse_reference, default_value = "system")]
     pub reference: ReferenceArg,

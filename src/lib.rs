@@ -8,6 +8,7 @@
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
 //! * [`config`]: the command line.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 pub mod clock;
 pub mod config;

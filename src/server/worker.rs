@@ -28,7 +28,7 @@ use crate::net::uring::{
 };
 use crate::protocol::packet::set_transmit;
 use crate::protocol::server::{
-    respond, Admission, Decision, NoInterleave, ReplyKind, RequestContext,
+    respond, Admission, Decision, DropReason, NoInterleave, ReplyKind, RequestContext,
 };
 use crate::protocol::NtpTimestamp;
 use crate::server::interleave::InterleaveTable;
@@ -373,7 +373,7 @@ impl Worker {
             return;
         }
         let Some(source) = parse_sockaddr(msg.name) else {
-            bump(&stats.drops[crate::protocol::server::DropReason::BadSource as usize]);
+            bump(&stats.drops[DropReason::BadSource as usize]);
             return;
         };
         let meta = parse_rx_control(msg.control);
@@ -422,6 +422,8 @@ impl Worker {
         let reply = match decision {
             Decision::Reply(r) if r.len <= SEND_PAYLOAD_MAX => r,
             Decision::Reply(_) => {
+                // Longer than a send slot: cannot happen with 48-octet replies.
+                bump(&stats.drops[DropReason::BufferTooSmall as usize]);
                 self.slots.release(slot);
                 return;
             }

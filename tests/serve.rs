@@ -314,3 +314,45 @@ fn a_second_server_on_the_same_port_is_refused() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("already in use"));
 }
+
+#[test]
+fn replies_leave_from_the_address_the_request_was_sent_to() {
+    let port = free_port();
+    let dir = tempdir("wildcard");
+    let (v4, v6) = (format!("0.0.0.0:{port}"), format!("[::]:{port}"));
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let args = [
+        "--listen",
+        &v4,
+        "--listen",
+        &v6,
+        "--reference",
+        "local",
+        "--workers",
+        "1",
+    ];
+    let server = Server::spawn(&args, &dir, addr);
+    server.wait_ready();
+    // Loopback owns all of 127/8: each request goes to another local address,
+    // and `exchange` checks the reply's source is that address.
+    for dst in ["127.0.0.1", "127.0.0.2", "127.3.4.5", "::1"] {
+        let to = std::net::SocketAddr::new(dst.parse().unwrap(), port);
+        let bind = if to.is_ipv4() {
+            "127.0.0.1:0"
+        } else {
+            "[::1]:0"
+        };
+        let s = std::net::UdpSocket::bind(bind).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.send_to(&request(4, 3, 9), to).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = s
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no reply via {dst}: {e}"));
+        assert_eq!(n, 48);
+        assert_eq!(
+            from, to,
+            "reply to a request for {dst} must come from {dst}"
+        );
+    }
+}

@@ -85,12 +85,57 @@ impl Default for RingConfig {
     }
 }
 
-/// The ring itself (32-octet completions so TX-timestamp commands can be used).
-pub struct Ring {
-    ring: IoUring<squeue::Entry, cqueue::Entry32>,
+/// A completion entry type this module can copy out: the 16-octet
+/// [`cqueue::Entry`] of the data-path ring, or the 32-octet [`cqueue::Entry32`]
+/// that transmit-timestamp commands need.
+pub trait CompletionEntry: cqueue::EntryMarker {
+    /// The entry as a [`Completion`].
+    fn copy_out(&self) -> Completion;
+}
+
+impl CompletionEntry for cqueue::Entry {
+    fn copy_out(&self) -> Completion {
+        Completion {
+            user_data: self.user_data(),
+            result: self.result(),
+            flags: self.flags(),
+            extra: [0; 2],
+        }
+    }
+}
+
+impl CompletionEntry for cqueue::Entry32 {
+    fn copy_out(&self) -> Completion {
+        Completion {
+            user_data: self.user_data(),
+            result: self.result(),
+            flags: self.flags(),
+            extra: *self.big_cqe(),
+        }
+    }
+}
+
+/// An io_uring. The data path uses 16-octet completions ([`Ring`]); transmit
+/// timestamps, which need 32-octet completions, get a ring of their own
+/// ([`TxRing`]).
+///
+/// Why two rings: on Linux 6.18 a 32-octet completion posted by a multishot
+/// socket command (`io_uring_cmd_post_mshot_cqe32`) when the ring's tail is on
+/// its last slot advances the tail past that slot without writing it, so the
+/// application reads the previous lap's completion there again. On a ring that
+/// carries only transmit timestamps such a replay is harmless (its key was
+/// already matched and is ignored); on the data-path ring it would replay a
+/// send or receive completion.
+pub struct UringOf<C: CompletionEntry> {
+    ring: IoUring<squeue::Entry, C>,
     /// `io_uring_enter` calls made, for statistics.
     pub enters: u64,
 }
+
+/// The data-path ring: receives, sends, polls.
+pub type Ring = UringOf<cqueue::Entry>;
+/// The ring of transmit-timestamp commands.
+pub type TxRing = UringOf<cqueue::Entry32>;
 
 fn ring_error(e: io::Error) -> io::Error {
     let hint = match e.raw_os_error() {
@@ -101,7 +146,7 @@ fn ring_error(e: io::Error) -> io::Error {
             "io_uring is disabled (sysctl kernel.io_uring_disabled, or a seccomp/container policy)"
         }
         Some(libc::EINVAL) => {
-            "the kernel's io_uring lacks a needed feature (32-octet completions need Linux 5.19+)"
+            "the kernel's io_uring lacks a needed feature (this server needs Linux 6.0+)"
         }
         Some(libc::ENOMEM) => "not enough locked memory for the ring (raise RLIMIT_MEMLOCK)",
         _ => "io_uring setup failed",
@@ -109,21 +154,21 @@ fn ring_error(e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{hint}: {e}"))
 }
 
-impl Ring {
+impl<C: CompletionEntry> UringOf<C> {
     /// Create a ring.
     pub fn new(cfg: &RingConfig) -> io::Result<Self> {
-        let ring = IoUring::builder()
+        let ring = IoUring::<squeue::Entry, C>::builder()
             .setup_cqsize(cfg.cq_entries)
             .setup_single_issuer()
             .setup_coop_taskrun()
             .build(cfg.sq_entries)
             .or_else(|_| {
-                IoUring::builder()
+                IoUring::<squeue::Entry, C>::builder()
                     .setup_cqsize(cfg.cq_entries)
                     .build(cfg.sq_entries)
             })
             .map_err(ring_error)?;
-        Ok(Ring { ring, enters: 0 })
+        Ok(UringOf { ring, enters: 0 })
     }
 
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
@@ -173,12 +218,7 @@ impl Ring {
         let mut cq = self.ring.completion();
         while n < out.len() {
             let Some(cqe) = cq.next() else { break };
-            out[n] = Completion {
-                user_data: cqe.user_data(),
-                result: cqe.result(),
-                flags: cqe.flags(),
-                extra: *cqe.big_cqe(),
-            };
+            out[n] = cqe.copy_out();
             n += 1;
         }
         n
@@ -465,6 +505,7 @@ struct SendSlot {
 pub struct SendSlots {
     slots: Box<[SendSlot]>,
     free: Vec<u16>,
+    busy: Vec<bool>,
 }
 
 // SAFETY: the raw pointers in each slot's msghdr point into the same boxed slice,
@@ -491,18 +532,28 @@ impl SendSlots {
         SendSlots {
             slots,
             free: (0..n).rev().collect(),
+            busy: vec![false; usize::from(n)],
         }
     }
 
     /// Take a free slot.
     pub fn alloc(&mut self) -> Option<u16> {
-        self.free.pop()
+        let id = self.free.pop()?;
+        self.busy[usize::from(id)] = true;
+        Some(id)
     }
 
-    /// Give a slot back (on its send completion). Ignores ids out of range.
-    pub fn release(&mut self, id: u16) {
-        if usize::from(id) < self.slots.len() && self.free.len() < self.slots.len() {
-            self.free.push(id);
+    /// Give a slot back (on its send completion). Returns `false`, doing
+    /// nothing, for an id out of range or a slot that is not in flight (a
+    /// completion seen twice must never hand one slot to two replies).
+    pub fn release(&mut self, id: u16) -> bool {
+        match self.busy.get_mut(usize::from(id)) {
+            Some(busy) if *busy => {
+                *busy = false;
+                self.free.push(id);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -561,7 +612,7 @@ pub fn probe_tx_timestamp_command() -> bool {
     let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
         return false;
     };
-    let Ok(mut ring) = Ring::new(&RingConfig {
+    let Ok(mut ring) = TxRing::new(&RingConfig {
         sq_entries: 4,
         cq_entries: 8,
         ..RingConfig::default()
@@ -585,6 +636,20 @@ pub fn probe_tx_timestamp_command() -> bool {
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    #[test]
+    fn send_slots_refuse_a_double_release() {
+        let mut slots = SendSlots::new(2);
+        let a = slots.alloc().unwrap();
+        assert!(!slots.release(1 - a), "never allocated");
+        assert!(slots.release(a));
+        assert!(!slots.release(a), "released twice");
+        assert!(!slots.release(7), "out of range");
+        let (x, y) = (slots.alloc().unwrap(), slots.alloc().unwrap());
+        assert_ne!(x, y, "a slot is never handed out twice");
+        assert_eq!(slots.alloc(), None);
+        assert_eq!(slots.in_flight(), 2);
+    }
 
     #[test]
     fn recvmsg_out_fixture() {

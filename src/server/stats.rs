@@ -90,7 +90,9 @@ counters! {
     tx_ts_missed => "hwntpd_tx_timestamp_misses_total", "", "Requested transmit timestamps that never arrived.";
     tx_ts_late => "hwntpd_tx_timestamp_late_total", "", "Transmit timestamps that arrived more than 1 s late (ignored).";
     tx_ts_unmatched => "hwntpd_tx_timestamp_unmatched_total", "", "Transmit timestamps whose key matched no pending reply.";
+    tx_ts_invalid => "hwntpd_tx_timestamp_invalid_total", "", "Transmit timestamps discarded because they were more than 1 s from the pre-send reading.";
     send_errors => "hwntpd_send_errors_total", "", "Replies the kernel refused to send.";
+    stale_completions => "hwntpd_stale_completions_total", "", "Send completions for a slot not in flight (ignored; a kernel replaying a completion).";
     send_queue_full => "hwntpd_send_queue_full_total", "", "Replies dropped because every send slot was in flight.";
     truncated => "hwntpd_truncated_total", "", "Datagrams dropped because they or their control data did not fit a receive buffer.";
     recv_errors => "hwntpd_recv_errors_total", "", "Receive completions with an error (including buffer exhaustion).";

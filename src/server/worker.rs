@@ -23,8 +23,8 @@ use crate::net::cmsg::{
 };
 use crate::net::errqueue::read_tx_timestamps;
 use crate::net::uring::{
-    BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, IORING_CQE_F_TSTAMP_HW,
-    SEND_PAYLOAD_MAX,
+    BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing,
+    IORING_CQE_F_TSTAMP_HW, SEND_PAYLOAD_MAX,
 };
 use crate::protocol::packet::set_transmit;
 use crate::protocol::server::{
@@ -139,6 +139,10 @@ impl SocketState {
     }
 }
 
+/// A transmit timestamp further than this from the reply's pre-send reading is
+/// discarded as invalid.
+pub const TX_TIMESTAMP_SANITY_NS: i64 = 1_000_000_000;
+
 /// How often a basic reply asks for its transmit timestamp to calibrate the
 /// send latency (per socket).
 pub const CALIBRATION_INTERVAL_NS: i64 = 10_000_000;
@@ -166,8 +170,9 @@ enum SlotKind {
 
 /// A running worker's loop state.
 pub struct Worker {
-    // Field order matters: the ring is dropped (closed) before the memory it uses.
+    // Field order matters: the rings are dropped (closed) before the memory they use.
     ring: Ring,
+    tx_ring: Option<TxRing>,
     bufs: BufRing,
     template: RecvTemplate,
     slots: SendSlots,
@@ -182,6 +187,13 @@ impl Worker {
     /// Set up the ring and buffers and arm the receives.
     pub fn new(cfg: WorkerConfig) -> std::io::Result<Self> {
         let mut ring = Ring::new(&cfg.ring)?;
+        let tx_ring = match cfg.tx_mode {
+            TxTimestampMode::UringCommand => Some(TxRing::new(&RingConfig {
+                sq_entries: 16,
+                ..cfg.ring
+            })?),
+            _ => None,
+        };
         let bufs = BufRing::new(cfg.ring.recv_buffers, cfg.ring.recv_buffer_size, 0)?;
         ring.register(&bufs)?;
         let sockets = cfg
@@ -199,6 +211,7 @@ impl Worker {
         let n_slots = cfg.ring.send_slots;
         let mut w = Worker {
             ring,
+            tx_ring,
             bufs,
             template: RecvTemplate::new(),
             slots: SendSlots::new(n_slots),
@@ -212,9 +225,12 @@ impl Worker {
             w.arm_recv(i)?;
             match w.cfg.tx_mode {
                 TxTimestampMode::Off => {}
-                TxTimestampMode::UringCommand => w
-                    .ring
-                    .arm_tx_timestamps(w.sockets[i].fd, tag(KIND_TXTS, i, 0))?,
+                TxTimestampMode::UringCommand => {
+                    if let Some(tx) = &mut w.tx_ring {
+                        tx.arm_tx_timestamps(w.sockets[i].fd, tag(KIND_TXTS, i, 0))?;
+                        tx.submit()?;
+                    }
+                }
                 TxTimestampMode::ErrorQueue => w
                     .ring
                     .arm_poll_err(w.sockets[i].fd, tag(KIND_POLLERR, i, 0))?,
@@ -241,6 +257,23 @@ impl Worker {
             // datagrams that arrive without a kernel timestamp.
             let wake = self.served_now();
             let mut cqes = std::mem::take(&mut self.cqes);
+            // Transmit timestamps first: the kernel posted them (as task work,
+            // run by the enter above) before the requests now waiting, and a
+            // follow-up request may need the exact time of the previous reply.
+            if let Some(mut tx) = self.tx_ring.take() {
+                loop {
+                    let n = tx.reap(&mut cqes);
+                    for c in &cqes[..n] {
+                        self.on_tx_completion(&mut tx, c)?;
+                    }
+                    if n < cqes.len() {
+                        break;
+                    }
+                }
+                add(&self.cfg.stats.ring_enters, tx.enters);
+                tx.enters = 0;
+                self.tx_ring = Some(tx);
+            }
             loop {
                 let n = self.ring.reap(&mut cqes);
                 for c in &cqes[..n] {
@@ -261,6 +294,38 @@ impl Worker {
             }
         }
         self.shutdown();
+        Ok(())
+    }
+
+    /// A completion of the transmit-timestamp ring: one timestamp (`result` is
+    /// its key, the `io_timespec` is in the second half of the CQE).
+    fn on_tx_completion(&mut self, tx: &mut TxRing, c: &Cqe) -> std::io::Result<()> {
+        let (kind, socket, _) = untag(c.user_data);
+        if kind != KIND_TXTS || socket >= self.sockets.len() {
+            return Ok(());
+        }
+        if c.result >= 0 {
+            let ts = TxTimestamp {
+                key: c.result as u32,
+                time: KernelTime {
+                    sec: c.extra[0] as i64,
+                    nsec: c.extra[1] as u32,
+                },
+                hardware: c.flags & IORING_CQE_F_TSTAMP_HW != 0,
+                tstype: c.flags >> crate::net::uring::IORING_TIMESTAMP_TYPE_SHIFT,
+            };
+            self.on_tx_timestamp(socket, &ts);
+        } else if c.result != -libc::EAGAIN {
+            tracing::warn!(
+                worker = self.cfg.id,
+                errno = -c.result,
+                "TX timestamp command failed"
+            );
+        }
+        if !c.more() && c.result != -libc::EINVAL {
+            tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0))?;
+            tx.submit()?;
+        }
         Ok(())
     }
 
@@ -298,7 +363,10 @@ impl Worker {
             }
             KIND_SEND => {
                 let slot = extra as u16;
-                if c.result < 0 {
+                if !self.slots.release(slot) {
+                    // A completion for a slot not in flight: seen twice.
+                    bump(&self.cfg.stats.stale_completions);
+                } else if c.result < 0 {
                     bump(&self.cfg.stats.send_errors);
                     tracing::debug!(worker = self.cfg.id, errno = -c.result, "send failed");
                 } else {
@@ -313,31 +381,6 @@ impl Worker {
                         SlotKind::Interleaved => bump(&s.replies_interleaved),
                         SlotKind::Kod => bump(&s.replies_kod),
                     }
-                }
-                self.slots.release(slot);
-            }
-            KIND_TXTS => {
-                if c.result >= 0 {
-                    let ts = TxTimestamp {
-                        key: c.result as u32,
-                        time: KernelTime {
-                            sec: c.extra[0] as i64,
-                            nsec: c.extra[1] as u32,
-                        },
-                        hardware: c.flags & IORING_CQE_F_TSTAMP_HW != 0,
-                        tstype: c.flags >> crate::net::uring::IORING_TIMESTAMP_TYPE_SHIFT,
-                    };
-                    self.on_tx_timestamp(socket, &ts);
-                } else if c.result != -libc::EAGAIN {
-                    tracing::warn!(
-                        worker = self.cfg.id,
-                        errno = -c.result,
-                        "TX timestamp command failed"
-                    );
-                }
-                if !c.more() && socket < self.sockets.len() && c.result != -libc::EINVAL {
-                    self.ring
-                        .arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0))?;
                 }
             }
             KIND_POLLERR if socket < self.sockets.len() => {
@@ -591,6 +634,12 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
     // A stamp that cannot be converted now (PHC tracking unhealthy) leaves the
     // pre-send reading in place.
     let Some(exact) = converted else { return };
+    // A transmit time must follow its pre-send reading closely; anything else
+    // is a corrupted completion or a bad conversion, never served.
+    if !(-TX_TIMESTAMP_SANITY_NS..TX_TIMESTAMP_SANITY_NS).contains(&exact.diff_nanos(sent.pre_send))
+    {
+        return bump(&stats.tx_ts_invalid);
+    }
     bump(if ts.hardware {
         &stats.tx_ts_hardware
     } else {

@@ -23,6 +23,9 @@
 #   SERVERS                which servers, in order        default "floor hwntpd chronyd"
 #   SERVER_CPU, GEN_CPU    cores                          default 1, 0
 #   HWNTPD_WORKERS         hwntpd --workers               default 1
+#   HWNTPD_ARGS            extra hwntpd arguments (e.g. "--sqpoll")  default none
+#                          SERVERS may also name hwntpd-xl: hwntpd again, with the
+#                          generator speaking interleaved mode (kernel TX timestamps)
 #   HWNTPD_SYSCALL_METRIC, HWNTPD_REPLY_METRIC  counters in hwntpd's stats file
 #   RT=1                   run server and generator as SCHED_FIFO (chrt -f 10): less noise
 #                          from other load on a shared machine (the kernel still keeps 5%
@@ -44,6 +47,7 @@ SERVERS=${SERVERS:-"floor hwntpd chronyd"}
 SERVER_CPU=${SERVER_CPU:-1}
 GEN_CPU=${GEN_CPU:-0}
 HWNTPD_WORKERS=${HWNTPD_WORKERS:-1}
+HWNTPD_ARGS=${HWNTPD_ARGS:-}
 HWNTPD_SYSCALL_METRIC=${HWNTPD_SYSCALL_METRIC:-hwntpd_syscalls_total}
 HWNTPD_REPLY_METRIC=${HWNTPD_REPLY_METRIC:-hwntpd_replies_total}
 BUILD=${BUILD:-1}
@@ -139,6 +143,7 @@ in_cli() { ip netns exec "$NS_CLI" taskset -c "$GEN_CPU" "${PRIO[@]}" "$@"; }
 start_server() {
     local name=$1
     STATS_ARGS=()
+    LOAD_ARGS=()
     case $name in
     floor)
         in_srv "$BENCH" floor --listen "$SRV_IP:$PORT" --batch "$BATCH" \
@@ -147,13 +152,16 @@ start_server() {
         STATS_ARGS=(--server-stats "$OUT/floor.prom" --syscall-metric floor_syscalls_total
             --reply-metric floor_replies_total)
         ;;
-    hwntpd)
+    hwntpd|hwntpd-xl)
         if [ ! -x "$HWNTPD" ]; then log "hwntpd: $HWNTPD not built, skipped"; return 1; fi
+        # --stats-interval 1: the generator reads the counters at each step's ends.
+        # shellcheck disable=SC2086 # HWNTPD_ARGS is a list of words
         in_srv "$HWNTPD" --listen "$SRV_IP:$PORT" --reference local --workers "$HWNTPD_WORKERS" \
-            --stats-file "$OUT/hwntpd.prom" >"$OUT/hwntpd.log" 2>&1 &
+            --stats-interval 1 --stats-file "$OUT/$name.prom" $HWNTPD_ARGS >"$OUT/$name.log" 2>&1 &
         SRV_PID=$!
-        STATS_ARGS=(--server-stats "$OUT/hwntpd.prom" --syscall-metric "$HWNTPD_SYSCALL_METRIC"
+        STATS_ARGS=(--server-stats "$OUT/$name.prom" --syscall-metric "$HWNTPD_SYSCALL_METRIC"
             --reply-metric "$HWNTPD_REPLY_METRIC")
+        if [ "$name" = hwntpd-xl ]; then LOAD_ARGS=(--interleaved); fi
         ;;
     chronyd)
         cat >"$OUT/chrony.conf" <<EOF
@@ -195,11 +203,16 @@ strace_check() {
     STRACE_PID=$!
     sleep 0.5
     in_cli "$BENCH" load --server "$SRV_IP:$PORT" --rate "$STRACE_RATE" --duration "$STRACE_SECS" \
-        --clients "$CLIENTS" --batch "$BATCH" --json --stop-after-fail 0 \
+        --clients "$CLIENTS" --batch "$BATCH" --json --stop-after-fail 0 "${LOAD_ARGS[@]}" \
         >"$OUT/$name.strace-load.txt" 2>&1 || true
     kill -INT "$STRACE_PID" 2>/dev/null || true
     wait "$STRACE_PID" 2>/dev/null || true
     STRACE_PID=
+}
+
+# rss NAME WHEN: the server's resident memory (VmRSS, kB, all its threads).
+rss() {
+    awk '/^VmRSS:/ {print $2}' "/proc/$SRV_PID/status" >"$OUT/$1.rss.$2" 2>/dev/null || true
 }
 
 # snapshot NAME WHEN: UDP counters of both namespaces and the softnet drops, to
@@ -214,11 +227,13 @@ for name in $SERVERS; do
     log "$name"
     start_server "$name" || continue
     snapshot "$name" 0
+    rss "$name" 0
     in_cli "$BENCH" load --server "$SRV_IP:$PORT" --sweep "$SWEEP" --duration "$STEP_SECS" \
-        --clients "$CLIENTS" --batch "$BATCH" --threshold "$THRESHOLD" \
+        --clients "$CLIENTS" --batch "$BATCH" --threshold "$THRESHOLD" "${LOAD_ARGS[@]}" \
         --stop-after-fail "$STOP_AFTER_FAIL" --json --server-pid "$SRV_PID" "${STATS_ARGS[@]}" \
         >"$OUT/$name.load.txt" 2>&1 || log "$name: load generator failed (see $OUT/$name.load.txt)"
     snapshot "$name" 1
+    rss "$name" 1
     grep -v '^{' "$OUT/$name.load.txt" >&2 || true
     strace_check "$name"
     stop_pid "$SRV_PID"; SRV_PID=
@@ -312,6 +327,17 @@ for n, steps in runs.items():
     else:
         print(f"{n:<9} {'none':>9} {'-':>13} {'-':>15} {fmt(spr, '.3f'):>19} {'-':>22}")
 
+print("resident memory (VmRSS kB) after start -> after the sweep:")
+for n in runs:
+    def rd(w):
+        p = os.path.join(out, f"{n}.rss.{w}")
+        try:
+            return int(open(p).read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+    a, b = rd(0), rd(1)
+    growth = f" ({100 * (b - a) / a:+.1f}%)" if a and b else ""
+    print(f"  {n}: {fmt(a, 'd')} -> {fmt(b, 'd')}{growth}")
 print("drops during the sweep (srv = server namespace, cli = generator namespace):")
 for n in runs:
     print(f"  {n}: " + ", ".join(f"{k} {v}" for k, v in drops(n).items()))
@@ -351,11 +377,32 @@ if "floor" in runs:
         above[n] = srv - fl
         print(f"{n:<9} {srv - fl:8.2f} us/reply above the floor ({srv / fl:.2f}x the floor's "
               f"{fl:.2f}) over {len(pairs)} rate(s)")
-    if "hwntpd" in above and "chronyd" in above and above["chronyd"] > 0:
-        print(f"hwntpd's cost above the floor is {above['hwntpd'] / above['chronyd']:.2f}x chronyd's")
+    for h in ("hwntpd", "hwntpd-xl"):
+        if h in above and "chronyd" in above and above["chronyd"] > 0:
+            print(f"{h}'s cost above the floor is {above[h] / above['chronyd']:.2f}x chronyd's")
     mx = {n: (best[n]["rate"] if best.get(n) else 0) for n in runs}
     if mx.get("floor"):
         print("max rate relative to the floor: " +
               ", ".join(f"{n} {mx[n] / mx['floor']:.2f}" for n in runs if n != "floor"))
+if "chronyd" in runs:
+    print()
+    print("== against chronyd at every rate chronyd sustains")
+    cr = [s for s in runs["chronyd"] if passed(s)]
+    for h in ("hwntpd", "hwntpd-xl"):
+        if h not in runs or not cr:
+            continue
+        mine = {s["rate"]: s for s in runs[h]}
+        miss = [s["rate"] for s in cr if s["rate"] not in mine or not passed(mine[s["rate"]])]
+        ratios = []
+        for s in cr:
+            m = mine.get(s["rate"])
+            if m and m["turnaround_us"]["p99"] and s["turnaround_us"]["p99"]:
+                ratios.append(m["turnaround_us"]["p99"] / s["turnaround_us"]["p99"])
+        ratios.sort()
+        med = ratios[len(ratios) // 2] if ratios else None
+        print(f"{h:<9} answered >= {100*threshold:.1f}% at {len(cr) - len(miss)}/{len(cr)} of chronyd's "
+              f"passing rates{' (missed: ' + ', '.join(f'{r:.0f}' for r in miss) + ')' if miss else ''}; "
+              f"p99 turnaround / chronyd's: median {fmt(med)} (range {fmt(ratios[0] if ratios else None)}"
+              f"..{fmt(ratios[-1] if ratios else None)})")
 print(f"\nraw results: {out}")
 PY

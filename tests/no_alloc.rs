@@ -1,0 +1,304 @@
+//! The per-packet path allocates nothing: a [`Worker`] runs in-process on a
+//! loopback socket (kernel receive timestamps, interleaved mode with kernel
+//! transmit timestamps through io_uring's socket command) under a counting
+//! global allocator, and serves thousands of basic and interleaved requests
+//! after a warm-up. Only allocations made on the worker's own thread count (the
+//! test client runs on another thread).
+//!
+//! When an allocation is found, the backtrace of the first one is printed, so
+//! the failure names the line on the hot path that allocated.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hwntpd::clock::snapshot::StateCell;
+use hwntpd::net::socket::{bind_udp, enable_timestamping, probe_scm_ts_opt_id, TimestampingConfig};
+use hwntpd::net::uring::{probe_tx_timestamp_command, RingConfig};
+use hwntpd::protocol::packet::Header;
+use hwntpd::protocol::{LeapIndicator, NtpShort, NtpTimestamp, ServerState};
+use hwntpd::server::interleave::InterleaveTable;
+use hwntpd::server::stats::WorkerStats;
+use hwntpd::server::worker::{
+    HardwareIsUtc, RxTimestamps, TxTimestampMode, Worker, WorkerConfig, WorkerSocket,
+};
+
+/// Counts allocations made on a thread marked with [`ON_WORKER`] while [`ARMED`].
+struct CountingAlloc;
+
+/// Set while the measured phase runs.
+static ARMED: AtomicBool = AtomicBool::new(false);
+/// Allocations (`alloc`, `alloc_zeroed`, `realloc`) counted.
+static COUNT: AtomicU64 = AtomicU64::new(0);
+/// The backtrace of the first counted allocation.
+static FIRST: Mutex<Option<String>> = Mutex::new(None);
+
+thread_local! {
+    /// This thread is the worker's (const-initialised: reading it never allocates).
+    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
+    /// Inside the allocator's own bookkeeping (capturing a backtrace allocates).
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+impl CountingAlloc {
+    fn note(&self) {
+        if !ARMED.load(Ordering::Relaxed) {
+            return;
+        }
+        let on_worker = ON_WORKER.try_with(|c| c.get()).unwrap_or(false);
+        if !on_worker || IN_HOOK.try_with(|c| c.get()).unwrap_or(true) {
+            return;
+        }
+        COUNT.fetch_add(1, Ordering::Relaxed);
+        IN_HOOK.with(|c| c.set(true));
+        if let Ok(mut first) = FIRST.try_lock() {
+            if first.is_none() {
+                *first = Some(std::backtrace::Backtrace::force_capture().to_string());
+            }
+        }
+        IN_HOOK.with(|c| c.set(false));
+    }
+}
+
+// SAFETY: every method forwards to `System` unchanged; `note` only touches
+// atomics, const thread-locals and (guarded against re-entry) a backtrace.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.note();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.note();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        self.note();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+fn state() -> ServerState {
+    ServerState {
+        leap: LeapIndicator::NoWarning,
+        stratum: 1,
+        precision: -20,
+        root_delay: NtpShort::ZERO,
+        root_dispersion: NtpShort(1),
+        refid: *b"LOCL",
+        reference_time: NtpTimestamp(1 << 40),
+        min_poll: 4,
+        max_poll: 17,
+        serve_unsynchronized: true,
+    }
+}
+
+/// Clients: every socket keeps one request outstanding. Even-numbered sockets
+/// speak basic mode; odd ones follow chrony's xleave protocol (the origin of
+/// each request is the receive timestamp the server served last time).
+struct Clients {
+    socks: Vec<UdpSocket>,
+    /// Per socket: the server's last served receive timestamp, and our receive time.
+    xleave: Vec<(u64, u64)>,
+    counter: u64,
+    basic: u64,
+    interleaved: u64,
+}
+
+impl Clients {
+    fn new(n: usize) -> Clients {
+        let socks = (0..n)
+            .map(|_| {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                s
+            })
+            .collect();
+        Clients {
+            socks,
+            // An odd origin that matches nothing: asks for a transmit timestamp.
+            xleave: vec![(0x0000_0001_0000_0001, 0); n],
+            counter: 0,
+            basic: 0,
+            interleaved: 0,
+        }
+    }
+
+    /// One round: a request from every socket, then its reply.
+    fn round(&mut self, server: SocketAddr) {
+        let mut sent = Vec::with_capacity(self.socks.len());
+        for (i, s) in self.socks.iter().enumerate() {
+            self.counter += 1;
+            let tx = 0x1234_0000_0000_0000u64 | (self.counter << 1);
+            let mut req = [0u8; 48];
+            req[0] = (4 << 3) | 3;
+            req[2] = 6;
+            if i % 2 == 1 {
+                let (origin, local_rx) = self.xleave[i];
+                req[24..32].copy_from_slice(&origin.to_be_bytes());
+                req[32..40].copy_from_slice(&local_rx.to_be_bytes());
+            }
+            req[40..48].copy_from_slice(&tx.to_be_bytes());
+            s.send_to(&req, server).unwrap();
+            sent.push(tx);
+        }
+        for (i, s) in self.socks.iter().enumerate() {
+            let mut buf = [0u8; 128];
+            let (n, _) = s.recv_from(&mut buf).expect("a reply within 2 s");
+            let h = Header::parse(&buf[..n]).expect("a valid reply");
+            assert_eq!(h.mode, 4);
+            if i % 2 == 1 {
+                let local_rx = 0x2000_0000_0000_0000u64 | (self.counter << 2) | 2;
+                if h.origin.0 == self.xleave[i].1 && self.xleave[i].1 != 0 {
+                    self.interleaved += 1;
+                } else {
+                    assert_eq!(h.origin.0, sent[i]);
+                    self.basic += 1;
+                }
+                self.xleave[i] = (h.receive.0, local_rx);
+            } else {
+                assert_eq!(h.origin.0, sent[i], "basic reply echoes the transmit");
+                self.basic += 1;
+            }
+        }
+    }
+}
+
+/// Serve from an in-process worker with `tx_mode`, count the worker thread's
+/// allocations over 400 rounds of 16 requests after a warm-up, and check the
+/// modes were exercised. Returns the allocations counted.
+fn measure(tx_mode: TxTimestampMode) -> u64 {
+    let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).expect("bind loopback");
+    let interleave = tx_mode != TxTimestampMode::Off;
+    let explicit_tx_key = interleave && probe_scm_ts_opt_id().unwrap_or(false);
+    enable_timestamping(
+        fd.as_fd(),
+        &TimestampingConfig {
+            rx_software: true,
+            opt_id: interleave,
+            tsonly: interleave,
+            ..TimestampingConfig::default()
+        },
+    )
+    .expect("SO_TIMESTAMPING");
+    let local = hwntpd::net::socket::local_addr(fd.as_fd()).unwrap();
+
+    let stats = Arc::new(WorkerStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = WorkerConfig {
+        id: 0,
+        sockets: vec![WorkerSocket { fd, local }],
+        state: Arc::new(StateCell::new(state())),
+        table: interleave.then(|| Arc::new(InterleaveTable::new(1 << 12))),
+        stats: stats.clone(),
+        stop: stop.clone(),
+        tx_mode,
+        tx_hardware: false,
+        explicit_tx_key,
+        rx: RxTimestamps::Kernel,
+        hardware: Arc::new(HardwareIsUtc),
+        ring: RingConfig::default(),
+        cpu: None,
+    };
+    let worker = std::thread::spawn(move || {
+        ON_WORKER.with(|c| c.set(true));
+        Worker::new(cfg).expect("worker").run()
+    });
+
+    let mut clients = Clients::new(16);
+    // Warm-up: first-use allocations (thread-locals, arc-swap's debt node) happen here.
+    for _ in 0..50 {
+        clients.round(local);
+    }
+    let warm = stats.snapshot();
+
+    COUNT.store(0, Ordering::SeqCst);
+    ARMED.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let rounds = 400;
+    for _ in 0..rounds {
+        clients.round(local);
+    }
+    // Let the last transmit timestamps and send completions come in, and one
+    // 1-second tick (the pending sweep) pass, while still counting.
+    std::thread::sleep(Duration::from_millis(1100));
+    ARMED.store(false, Ordering::SeqCst);
+    let elapsed = started.elapsed();
+
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap().expect("worker ran cleanly");
+
+    let end = stats.snapshot();
+    let served = end.total_replies() - warm.total_replies();
+    let interleaved = end.replies_interleaved - warm.replies_interleaved;
+    let tx_kernel = end.tx_ts_kernel - warm.tx_ts_kernel;
+    let allocs = COUNT.load(Ordering::SeqCst);
+    eprintln!(
+        "{tx_mode:?}: {served} replies ({interleaved} interleaved, {tx_kernel} kernel TX stamps) \
+         in {elapsed:?}, {allocs} allocations on the worker thread; stats: {}",
+        end.summary()
+    );
+    assert!(served >= rounds * 16, "served {served}");
+    if interleave {
+        assert!(interleaved >= rounds * 7, "interleaved {interleaved}");
+        assert!(tx_kernel >= rounds * 7, "kernel TX stamps {tx_kernel}");
+        assert!(clients.interleaved >= rounds * 7);
+    } else {
+        assert_eq!(interleaved, 0);
+        assert_eq!(end.tx_ts_requested, 0);
+    }
+    allocs
+}
+
+/// One test (the counter is process-wide), three transmit-timestamp modes.
+#[test]
+fn serving_allocates_nothing_per_packet() {
+    // The counter itself works: an allocation on a marked thread while armed counts.
+    ARMED.store(true, Ordering::SeqCst);
+    std::thread::spawn(|| {
+        ON_WORKER.with(|c| c.set(true));
+        std::hint::black_box(Box::new([1u8; 32]));
+    })
+    .join()
+    .unwrap();
+    ARMED.store(false, Ordering::SeqCst);
+    assert_eq!(
+        COUNT.swap(0, Ordering::SeqCst),
+        1,
+        "the counting allocator counts"
+    );
+    assert!(
+        FIRST.lock().unwrap().take().is_some(),
+        "and records a backtrace"
+    );
+
+    let mut modes = vec![TxTimestampMode::Off, TxTimestampMode::ErrorQueue];
+    if probe_tx_timestamp_command() {
+        modes.push(TxTimestampMode::UringCommand);
+    } else {
+        eprintln!(
+            "SKIP TxTimestampMode::UringCommand: io_uring's TX-timestamp command \
+             (Linux 6.15+) is unavailable here"
+        );
+    }
+    for mode in modes {
+        let allocs = measure(mode);
+        if allocs != 0 {
+            let bt = FIRST.lock().unwrap().clone().unwrap_or_default();
+            panic!("{mode:?}: {allocs} allocations on the worker thread while serving; first at:\n{bt}");
+        }
+    }
+}

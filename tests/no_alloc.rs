@@ -23,9 +23,7 @@ use hwntpd::protocol::packet::Header;
 use hwntpd::protocol::{LeapIndicator, NtpShort, NtpTimestamp, ServerState};
 use hwntpd::server::interleave::InterleaveTable;
 use hwntpd::server::stats::WorkerStats;
-use hwntpd::server::worker::{
-    HardwareIsUtc, RxTimestamps, TxTimestampMode, Worker, WorkerConfig, WorkerSocket,
-};
+use hwntpd::server::worker::{RxTimestamps, TxTimestampMode, Worker, WorkerConfig, WorkerSocket};
 
 /// Counts allocations made on a thread marked with [`ON_WORKER`] while [`ARMED`].
 struct CountingAlloc;
@@ -209,7 +207,8 @@ fn measure(tx_mode: TxTimestampMode) -> u64 {
         tx_hardware: false,
         explicit_tx_key,
         rx: RxTimestamps::Kernel,
-        hardware: Arc::new(HardwareIsUtc),
+        domains: hwntpd::clock::domain::TimeDomains::system(),
+        compensate_send_latency: true,
         ring: RingConfig::default(),
         cpu: None,
     };

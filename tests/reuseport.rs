@@ -17,9 +17,7 @@ use hwntpd::net::uring::RingConfig;
 use hwntpd::protocol::{LeapIndicator, NtpShort, NtpTimestamp, ServerState};
 use hwntpd::server::interleave::InterleaveTable;
 use hwntpd::server::stats::WorkerStats;
-use hwntpd::server::worker::{
-    HardwareIsUtc, RxTimestamps, TxTimestampMode, Worker, WorkerConfig, WorkerSocket,
-};
+use hwntpd::server::worker::{RxTimestamps, TxTimestampMode, Worker, WorkerConfig, WorkerSocket};
 
 fn state() -> ServerState {
     ServerState {
@@ -70,7 +68,8 @@ fn reuseport_keeps_each_client_on_one_worker() {
             tx_hardware: false,
             explicit_tx_key: false,
             rx: RxTimestamps::Kernel,
-            hardware: Arc::new(HardwareIsUtc),
+            domains: hwntpd::clock::domain::TimeDomains::system(),
+            compensate_send_latency: true,
             ring: RingConfig::default(),
             cpu: None,
         };

@@ -339,10 +339,14 @@ impl BufRing {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
+        // Touch every page of the pool now (a fill the compiler cannot drop), so
+        // resident memory is what it will be under load from the start.
+        let mut data = vec![0u8; usize::from(count) * buf_size].into_boxed_slice();
+        data.fill(0xa5);
         let mut ring = BufRing {
             entries: p.cast(),
             map_len,
-            data: vec![0u8; usize::from(count) * buf_size].into_boxed_slice(),
+            data,
             count,
             buf_size,
             tail: 0,

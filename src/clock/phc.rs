@@ -26,7 +26,7 @@ mod file;
 mod recorded;
 
 pub use file::{fd_to_clockid, phc_path, PhcFile};
-pub use recorded::RecordedPhc;
+pub use recorded::{RecordedPhc, IGB_VM_CAPS};
 
 /// The kernel's limit on readings per `PTP_SYS_OFFSET*` request (`PTP_MAX_SAMPLES`).
 pub const PTP_MAX_SAMPLES: usize = 25;

@@ -258,6 +258,63 @@ mod tests {
         assert_eq!((s.stratum, s.leap), (16, LeapIndicator::Unsynchronized));
     }
 
+    /// One extended reading at system second `sec` with the PHC `offset_ns` ahead.
+    fn reading(sec: i64, offset_ns: i64) -> Vec<crate::clock::phc::Reading> {
+        use crate::clock::phc::{PtpTime, Reading};
+        let phc_ns = sec as i128 * 1_000_000_000 + 500 + offset_ns as i128;
+        vec![Reading {
+            sys_before: PtpTime { sec, nsec: 0 },
+            phc: PtpTime {
+                sec: (phc_ns / 1_000_000_000) as i64,
+                nsec: (phc_ns % 1_000_000_000) as u32,
+            },
+            sys_after: PtpTime { sec, nsec: 1000 },
+        }]
+    }
+
+    #[test]
+    fn jump_and_read_errors_make_the_reference_unsynchronised_until_it_recovers() {
+        use crate::clock::phc::IGB_VM_CAPS;
+        let t0 = 1_800_000_000;
+        let mut script: Vec<Result<_, i32>> = (0..6).map(|i| Ok(reading(t0 + i, 1_000))).collect();
+        script.extend((6..12).map(|i| Ok(reading(t0 + i, 50_001_000)))); // a 50 ms jump at 6
+        script.push(Err(libc::EIO)); // then the PHC stops answering
+        let dev = RecordedPhc::new("scripted", IGB_VM_CAPS)
+            .with_precise(vec![Err(libc::EOPNOTSUPP)])
+            .with_extended(script);
+        let mut svc = PhcService::new(PhcReader::new(dev).unwrap(), TaiOffset::Fixed(0));
+        let domains = TimeDomains::new(ServedClock::Phc, Compensation::NONE, 1000);
+        let cell = StateCell::new(ServerState::unsynchronized(-20));
+        let mut stratum = Vec::new();
+        // PhcReader::new used the first answer to pick the method.
+        for _ in 1..13 {
+            svc.step_at(&domains, Some((&cfg(), &cell)), |t| {
+                t.last().map_or(0, |m| m.sys_ns)
+            });
+            stratum.push(cell.load().stratum);
+        }
+        let synced_before_jump = stratum[3];
+        assert_eq!(
+            synced_before_jump, 1,
+            "healthy before the jump: {stratum:?}"
+        );
+        assert_eq!(
+            stratum[5], 16,
+            "the jump makes it unsynchronised at once: {stratum:?}"
+        );
+        assert_eq!(
+            *stratum.iter().rev().nth(1).unwrap(),
+            1,
+            "recovers by itself: {stratum:?}"
+        );
+        assert_eq!(
+            *stratum.last().unwrap(),
+            16,
+            "an unreadable PHC: {stratum:?}"
+        );
+        assert_eq!(cell.load().leap, LeapIndicator::Unsynchronized);
+    }
+
     #[test]
     fn recorded_igb_becomes_healthy_and_publishes() {
         let reader = PhcReader::new(RecordedPhc::igb_vm()).unwrap();

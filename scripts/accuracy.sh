@@ -44,6 +44,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 SECS=${ACC_SECONDS:-30}
 WARMUP=${ACC_WARMUP:-10}
 RUNS=${ACC_RUNS:-"hwntpd:basic chronyd:basic hwntpd:xleave chronyd:xleave"}
@@ -68,19 +70,7 @@ CLI_PID=
 SLEEP_PID=
 SOCKDIR=
 
-log() { printf '== %s\n' "$*" >&2; }
-die() { printf 'accuracy.sh: %s\n' "$*" >&2; exit 1; }
 
-stop_pid() { # stop one process we started, by its id
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
@@ -112,16 +102,6 @@ for tool in ip taskset python3 timeout; do
 done
 [ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and client will share one"
 
-install_pkg() { # install Debian packages without starting their services
-    local policy=/usr/sbin/policy-rc.d created=0 rc=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
-    fi
-    { apt-get update -qq >/dev/null &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; } || rc=$?
-    [ "$created" = 1 ] && rm -f "$policy"
-    return $rc
-}
 if ! command -v chronyd >/dev/null || ! command -v chronyc >/dev/null; then
     log "installing chrony"
     install_pkg chrony || die "cannot install chrony"
@@ -143,16 +123,7 @@ chmod 0700 "$SOCKDIR"
 log "results in $OUT"
 
 # --- namespaces -------------------------------------------------------------
-ip netns add "$NS_SRV"
-ip netns add "$NS_CLI"
-ip link add "$VETH_SRV" type veth peer name "$VETH_CLI"
-ip link set "$VETH_SRV" netns "$NS_SRV"
-ip link set "$VETH_CLI" netns "$NS_CLI"
-ip -n "$NS_SRV" addr add "$SRV_IP/30" dev "$VETH_SRV"
-ip -n "$NS_CLI" addr add "$CLI_IP/30" dev "$VETH_CLI"
-for ns in "$NS_SRV" "$NS_CLI"; do ip -n "$ns" link set lo up; done
-ip -n "$NS_SRV" link set "$VETH_SRV" up
-ip -n "$NS_CLI" link set "$VETH_CLI" up
+make_veth_pair "$NS_SRV" "$NS_CLI" "$VETH_SRV" "$VETH_CLI" "$SRV_IP" "$CLI_IP"
 
 # Both run in the background (`in_srv ... &`): exec, so that $! is the
 # daemon's own pid (ip netns exec, taskset and chrt exec in turn).

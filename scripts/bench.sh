@@ -35,6 +35,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/lib/common.sh
+. "$ROOT/scripts/lib/common.sh"
 SWEEP=${SWEEP:-20000:200000:20000}
 STEP_SECS=${STEP_SECS:-2}
 STOP_AFTER_FAIL=${STOP_AFTER_FAIL:-2}
@@ -66,19 +68,7 @@ PORT=123
 SRV_PID=
 STRACE_PID=
 
-log() { printf '== %s\n' "$*" >&2; }
-die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 
-stop_pid() { # stop one process we started, by its id
-    local pid=$1
-    [ -n "$pid" ] || return 0
-    if kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     stop_pid "$STRACE_PID"
@@ -95,16 +85,6 @@ for tool in ip taskset python3; do
 done
 [ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and generator will share one"
 
-install_pkg() { # install Debian packages without starting their services
-    local policy=/usr/sbin/policy-rc.d created=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
-    fi
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-    local rc=$?
-    [ "$created" = 1 ] && rm -f "$policy"
-    return $rc
-}
 case " $SERVERS " in *" chronyd "*)
     command -v chronyd >/dev/null || { log "installing chrony"; install_pkg chrony || die "cannot install chrony"; } ;;
 esac
@@ -120,16 +100,7 @@ mkdir -p "$OUT"
 log "results in $OUT"
 
 # --- namespaces -------------------------------------------------------------
-ip netns add "$NS_SRV"
-ip netns add "$NS_CLI"
-ip link add "$VETH_SRV" type veth peer name "$VETH_CLI"
-ip link set "$VETH_SRV" netns "$NS_SRV"
-ip link set "$VETH_CLI" netns "$NS_CLI"
-ip -n "$NS_SRV" addr add "$SRV_IP/30" dev "$VETH_SRV"
-ip -n "$NS_CLI" addr add "$CLI_IP/30" dev "$VETH_CLI"
-for ns in "$NS_SRV" "$NS_CLI"; do ip -n "$ns" link set lo up; done
-ip -n "$NS_SRV" link set "$VETH_SRV" up
-ip -n "$NS_CLI" link set "$VETH_CLI" up
+make_veth_pair "$NS_SRV" "$NS_CLI" "$VETH_SRV" "$VETH_CLI" "$SRV_IP" "$CLI_IP"
 
 # in_srv runs in the background (`in_srv ... &`): exec, so that $! is the server's own pid
 # (ip netns exec and taskset exec in turn).

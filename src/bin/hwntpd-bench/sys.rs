@@ -278,9 +278,14 @@ mod tests {
     #[test]
     fn own_cpu_time_is_readable() {
         let a = process_cpu_ns(std::process::id()).unwrap();
+        // Spin for 50 ms of wall time: the kernel updates a running task's
+        // runtime at scheduler ticks, so a shorter spin may not show.
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            for i in 0..10_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
         }
         std::hint::black_box(x);
         let b = process_cpu_ns(std::process::id()).unwrap();

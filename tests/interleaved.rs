@@ -48,13 +48,18 @@ fn xleave_client_changing_address_gets_exact_transmit_times() {
     // (Requests are 20 ms apart, as a client polling at 1/64 s: the worker that
     // sent a reply has then long recorded its transmit timestamp, which a
     // client firing back within microseconds could outrun on another worker.)
-    for workers in ["1", "2"] {
-        xleave_with_new_ports(workers);
+    // And with batched waits (DEFER_TASKRUN data-path ring, TX ring apart).
+    for args in [
+        &["--workers", "1"][..],
+        &["--workers", "2"],
+        &["--batch-wait-us", "50"],
+    ] {
+        xleave_with_new_ports(args);
     }
 }
 
-fn xleave_with_new_ports(workers: &str) {
-    let server = Server::start("xleave-nat", &["--workers", workers]);
+fn xleave_with_new_ports(args: &[&str]) {
+    let server = Server::start("xleave-nat", args);
     let mut st = XleaveState::default();
     let mut previous: Option<(Header, NtpTimestamp)> = None;
     let mut interleaved = 0;

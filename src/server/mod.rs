@@ -180,7 +180,10 @@ pub fn run(args: &Args) -> Result<()> {
         ReferenceArg::Phc => {} // the PHC thread publishes the state
     }
 
-    let ring = RingConfig::default();
+    let ring = RingConfig {
+        batch_wait_us: args.batch_wait_us,
+        ..RingConfig::default()
+    };
     let mut stats = Vec::with_capacity(n_workers);
     let mut handles = Vec::with_capacity(n_workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();

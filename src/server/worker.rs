@@ -188,8 +188,11 @@ impl Worker {
     pub fn new(cfg: WorkerConfig) -> std::io::Result<Self> {
         let mut ring = Ring::new(&cfg.ring)?;
         let tx_ring = match cfg.tx_mode {
+            // Never a batched wait here: this ring is only reaped, its task work
+            // must run whenever the worker enters the kernel.
             TxTimestampMode::UringCommand => Some(TxRing::new(&RingConfig {
                 sq_entries: 16,
+                batch_wait_us: 0,
                 ..cfg.ring
             })?),
             _ => None,

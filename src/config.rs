@@ -194,6 +194,12 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub send_latency_comp: OnOffArg,
 
+    /// Receive buffer of each socket in bytes, to absorb bursts (the kernel's
+    /// default of about 200 KiB holds some 1500 requests). Forced past
+    /// net.core.rmem_max when running as root. 0: the kernel's default.
+    #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
+    pub recv_buffer: usize,
+
     /// Under load, wait up to this many microseconds for 16 completions before
     /// handling them: fewer system calls per reply, at the price of at most
     /// this much added turnaround (timestamps are unaffected: receive times come

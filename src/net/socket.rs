@@ -128,6 +128,18 @@ impl From<BindError> for io::Error {
     }
 }
 
+/// Set the socket's receive buffer to `bytes` (`SO_RCVBUFFORCE` when allowed,
+/// which root is, else `SO_RCVBUF`, which the kernel caps at
+/// `net.core.rmem_max`). Returns the size the kernel reports afterwards (it
+/// doubles the value asked, for its bookkeeping).
+pub fn set_recv_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(&fd, sockopt::RcvBufForce, &bytes).is_err() {
+        setsockopt(&fd, sockopt::RcvBuf, &bytes).map_err(io::Error::from)?;
+    }
+    getsockopt(&fd, sockopt::RcvBuf).map_err(io::Error::from)
+}
+
 /// Creates a non-blocking, close-on-exec UDP socket bound to `addr`:
 /// `IPV6_V6ONLY` for IPv6 (the v4 wildcard is a separate socket),
 /// `SO_REUSEPORT` when `reuseport` (one socket per worker on the same port),
@@ -504,6 +516,23 @@ pub fn recv_with_control(
 }
 
 // ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod recv_buffer_tests {
+    use super::*;
+
+    #[test]
+    fn receive_buffer_is_set() {
+        let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let before = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::RcvBuf).unwrap();
+        let got = set_recv_buffer(fd.as_fd(), 4 << 20).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            assert!(got >= 4 << 20, "root forces the size: {got}");
+        } else {
+            assert!(got >= before, "{got} < {before}");
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

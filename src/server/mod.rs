@@ -22,11 +22,12 @@ use crate::clock::reference::{ReferenceConfig, ReferenceKind};
 use crate::clock::snapshot::{initial_state, spawn_refresher, StateCell};
 use crate::clock::wire::{Compensation, SPEED_UNKNOWN};
 use crate::config::{Args, OnOffArg, OnUnsyncArg, ReferenceArg};
-use crate::net::socket::bind_udp;
+use crate::net::socket::{bind_udp, set_recv_buffer};
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
 use stats::{StatsSnapshot, WorkerStats};
+use std::os::fd::AsFd;
 use worker::{Worker, WorkerConfig, WorkerSocket};
 
 /// Build the reference configuration from the command line.
@@ -141,10 +142,16 @@ pub fn run(args: &Args) -> Result<()> {
         drop(bind_udp(*addr, false)?);
     }
     let mut per_worker = Vec::with_capacity(n_workers);
+    let mut recv_buffer_obtained = 0;
     for _ in 0..n_workers {
         let mut socks = Vec::with_capacity(listen.len());
         for addr in &listen {
             let fd = bind_udp(*addr, true)?;
+            if args.recv_buffer > 0 {
+                let got = set_recv_buffer(fd.as_fd(), args.recv_buffer)
+                    .with_context(|| format!("setting the receive buffer on {addr}"))?;
+                recv_buffer_obtained = got;
+            }
             plan.apply(&fd)
                 .with_context(|| format!("enabling timestamping on {addr}"))?;
             socks.push(WorkerSocket { fd, local: *addr });
@@ -152,6 +159,14 @@ pub fn run(args: &Args) -> Result<()> {
         per_worker.push(socks);
     }
 
+    if args.recv_buffer > 0 {
+        // The kernel reports twice the usable size (half is its bookkeeping).
+        tracing::info!(
+            asked_kib = args.recv_buffer / 1024,
+            obtained_kib = recv_buffer_obtained / 2 / 1024,
+            "socket receive buffers"
+        );
+    }
     let table = (args.interleave_entries > 0)
         .then(|| Arc::new(InterleaveTable::new(args.interleave_entries)));
     if let Some(t) = &table {

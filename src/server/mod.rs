@@ -1,4 +1,7 @@
 //! Workers (one io_uring event loop each), their start-up and their statistics.
+// The event loop and its bookkeeping hold no `unsafe`: that is the Linux
+// layer's (src/net/).
+#![forbid(unsafe_code)]
 
 pub mod interleave;
 pub mod stats;

@@ -356,3 +356,25 @@ fn replies_leave_from_the_address_the_request_was_sent_to() {
         );
     }
 }
+
+#[test]
+fn timestamping_user_reads_the_clock_after_receipt() {
+    let server = Server::start("ts-user", &["--timestamping", "user"]);
+    for _ in 0..5 {
+        let h = query(server.addr, 4, 3, T).expect("reply");
+        assert!(h.receive.diff_nanos(now_ntp()).abs() < 1_000_000_000);
+    }
+    let s = server.wait_stats("5 user-space receive timestamps", |s| {
+        stat(s, "hwntpd_rx_timestamps_total{source=\"user\"}") >= 5
+    });
+    assert_eq!(
+        stat(&s, "hwntpd_rx_timestamps_total{source=\"kernel\"}"),
+        0,
+        "{s:?}"
+    );
+    assert_eq!(
+        stat(&s, "hwntpd_tx_timestamps_requested_total"),
+        0,
+        "no SO_TIMESTAMPING at all"
+    );
+}

@@ -191,3 +191,69 @@ fn interface_without_hardware_timestamps_falls_back_and_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--timestamping hardware"), "{err}");
 }
+
+#[test]
+fn link_local_ipv6_replies_leave_from_the_right_address_and_interface() {
+    if !can_run(&[]) {
+        return;
+    }
+    let net = NetnsPair::new("ll");
+    let (srv_dev, cli_dev) = net.devs.clone();
+    for (ns, dev, addr) in [
+        (&net.server_ns, &srv_dev, "fe80::1/64"),
+        (&net.client_ns, &cli_dev, "fe80::2/64"),
+    ] {
+        let st = std::process::Command::new("ip")
+            .args(["-n", ns, "addr", "add", addr, "dev", dev, "nodad"])
+            .status();
+        assert!(st.unwrap().success());
+    }
+    // The server on the IPv6 wildcard: only IPV6_PKTINFO (address and
+    // interface) can make the reply leave from fe80::1 on the right link.
+    let dir = tempdir("link-local");
+    let args = [
+        "--listen",
+        "[::]:123",
+        "--reference",
+        "local",
+        "--workers",
+        "1",
+    ];
+    let server = Server::spawn_in(
+        Some(&net.server_ns),
+        &args,
+        &dir,
+        "[::1]:123".parse().unwrap(),
+    );
+    let reply = in_netns(&net.client_ns, move || {
+        let scope = nix::net::if_::if_nametoindex(cli_dev.as_str()).expect("ifindex");
+        let local = std::net::SocketAddrV6::new("fe80::2".parse().unwrap(), 0, 0, scope);
+        let to = std::net::SocketAddrV6::new("fe80::1".parse().unwrap(), 123, 0, scope);
+        let sock = std::net::UdpSocket::bind(local).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            sock.send_to(&request(4, 3, 42), to).unwrap();
+            let mut buf = [0u8; 64];
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                return Some((n, from, to));
+            }
+        }
+        None
+    });
+    let (n, from, to) =
+        reply.unwrap_or_else(|| panic!("no reply over link-local IPv6; log:\n{}", server.log()));
+    assert_eq!(n, 48);
+    match from {
+        std::net::SocketAddr::V6(from) => {
+            assert_eq!(
+                from.ip(),
+                to.ip(),
+                "reply from the link-local address asked"
+            );
+            assert_eq!(from.port(), 123);
+        }
+        other => panic!("reply from {other}"),
+    }
+}

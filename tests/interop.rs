@@ -13,11 +13,15 @@ fn start_in_netns(net: &NetnsPair, name: &str, extra: &[&str]) -> Server {
     let dir = tempdir(name);
     let v4 = format!("{}:123", net.server_v4);
     let v6 = format!("[{}]:123", net.server_v6);
+    // The veth addresses, and the namespace's own loopback (port 123 is free
+    // there) for clients run inside the server namespace.
     let mut args = vec![
         "--listen",
         &v4,
         "--listen",
         &v6,
+        "--listen",
+        "127.0.0.1:123",
         "--reference",
         "local",
         "--workers",
@@ -76,8 +80,15 @@ fn chronyd_one_shot_accepts_hwntpd() {
     let net = NetnsPair::new("cq");
     let server = start_in_netns(&net, "chronyd-q", &[]);
     let dir = tempdir("chronyd-q-client");
-    for target in [net.server_v4.clone(), net.server_v6.clone()] {
-        let out = NetnsPair::cmd(&net.client_ns, "timeout")
+    // On loopback (client and server in one namespace), then across the veth
+    // pair over IPv4 and IPv6.
+    let targets = [
+        (&net.server_ns, "127.0.0.1".to_string()),
+        (&net.client_ns, net.server_v4.clone()),
+        (&net.client_ns, net.server_v6.clone()),
+    ];
+    for (ns, target) in targets {
+        let out = NetnsPair::cmd(ns, "timeout")
             .args(["30", "chronyd", "-Q", "-x", "-f", "/dev/null", "-t", "20"])
             .arg(format!("pidfile {}/chronyd.pid", dir.display()))
             .arg(format!("server {target} iburst maxsamples 4"))
@@ -110,8 +121,19 @@ fn ntpdate_query_accepts_hwntpd() {
     }
     let net = NetnsPair::new("nd");
     let _server = start_in_netns(&net, "ntpdate", &[]);
-    let out = NetnsPair::cmd(&net.client_ns, "timeout")
-        .args(["30", "ntpdate", "-q", &net.server_v4])
+    for (ns, target) in [
+        (&net.server_ns, "127.0.0.1"),
+        (&net.client_ns, net.server_v4.as_str()),
+    ] {
+        ntpdate_query(ns, target);
+    }
+}
+
+/// `ntpdate -q TARGET` from namespace `ns`: it must accept the server and
+/// report an offset under 1 ms and stratum 1.
+fn ntpdate_query(ns: &str, target: &str) {
+    let out = NetnsPair::cmd(ns, "timeout")
+        .args(["30", "ntpdate", "-q", target])
         .output()
         .unwrap();
     let text = format!(

@@ -155,7 +155,12 @@ impl Clients {
         }
         for (i, s) in self.socks.iter().enumerate() {
             let mut buf = [0u8; 128];
-            let (n, _) = s.recv_from(&mut buf).expect("a reply within 2 s");
+            let (n, _) = loop {
+                match s.recv_from(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r.expect("a reply within 2 s"),
+                }
+            };
             let h = Header::parse(&buf[..n]).expect("a valid reply");
             assert_eq!(h.mode, 4);
             if i % 2 == 1 {

@@ -644,6 +644,15 @@ impl SendSlots {
 /// (`SOCKET_URING_OP_TX_TIMESTAMP`, Linux 6.15+): arm it on a throwaway socket
 /// and see whether it is refused at once.
 pub fn probe_tx_timestamp_command() -> bool {
+    // On a thread of its own: tearing the ring down may queue task work to the
+    // thread that created it, which would interrupt that thread's next
+    // blocking system call (EINTR) if it were the caller's.
+    std::thread::spawn(probe_on_this_thread)
+        .join()
+        .unwrap_or(false)
+}
+
+fn probe_on_this_thread() -> bool {
     let Ok(sock) = std::net::UdpSocket::bind("127.0.0.1:0") else {
         return false;
     };

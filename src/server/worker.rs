@@ -143,6 +143,9 @@ impl SocketState {
 /// discarded as invalid.
 pub const TX_TIMESTAMP_SANITY_NS: i64 = 1_000_000_000;
 
+/// Completions handled, at most, before their replies are submitted.
+pub const SEND_BATCH: usize = 64;
+
 /// How often a basic reply asks for its transmit timestamp to calibrate the
 /// send latency (per socket).
 pub const CALIBRATION_INTERVAL_NS: i64 = 10_000_000;
@@ -278,12 +281,20 @@ impl Worker {
                 self.tx_ring = Some(tx);
             }
             loop {
-                let n = self.ring.reap(&mut cqes);
+                let n = self.ring.reap(&mut cqes[..SEND_BATCH]);
                 for c in &cqes[..n] {
                     self.dispatch(c, wake)?;
                 }
-                if n < cqes.len() {
+                if n < SEND_BATCH {
                     break;
+                }
+                // A deep queue: hand these replies to the kernel now rather than
+                // after the whole queue (one more enter per SEND_BATCH replies
+                // keeps the first requests' turnaround short).
+                if self.batch.len() >= SEND_BATCH {
+                    self.bufs.publish();
+                    self.flush_batch()?;
+                    self.ring.submit()?;
                 }
             }
             self.cqes = cqes;

@@ -20,7 +20,7 @@ use hwntpd::clock::snapshot::StateCell;
 use hwntpd::net::socket::{bind_udp, enable_timestamping, probe_scm_ts_opt_id, TimestampingConfig};
 use hwntpd::net::uring::{probe_tx_timestamp_command, RingConfig};
 use hwntpd::protocol::packet::Header;
-use hwntpd::protocol::{LeapIndicator, NtpShort, NtpTimestamp, ServerState};
+use hwntpd::protocol::{NtpShort, NtpTimestamp, ServerState};
 use hwntpd::server::interleave::InterleaveTable;
 use hwntpd::server::stats::WorkerStats;
 use hwntpd::server::worker::{RxTimestamps, TxTimestampMode, Worker, WorkerConfig, WorkerSocket};
@@ -90,18 +90,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
 static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn state() -> ServerState {
-    ServerState {
-        leap: LeapIndicator::NoWarning,
-        stratum: 1,
-        precision: -20,
-        root_delay: NtpShort::ZERO,
-        root_dispersion: NtpShort(1),
-        refid: *b"LOCL",
-        reference_time: NtpTimestamp(1 << 40),
-        min_poll: 4,
-        max_poll: 17,
-        serve_unsynchronized: true,
-    }
+    ServerState::local_stratum1(-20, NtpShort(1), NtpTimestamp(1 << 40))
 }
 
 /// Clients: every socket keeps one request outstanding. Even-numbered sockets

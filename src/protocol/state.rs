@@ -77,6 +77,25 @@ impl ServerState {
         }
     }
 
+    /// A synchronised stratum-1 state with reference ID "LOCL": what an
+    /// authoritative local clock of this `precision` serves, with the given
+    /// reference time and root dispersion (tests and tools start from it).
+    pub fn local_stratum1(
+        precision: i8,
+        root_dispersion: NtpShort,
+        reference_time: NtpTimestamp,
+    ) -> Self {
+        ServerState {
+            leap: LeapIndicator::NoWarning,
+            stratum: 1,
+            root_delay: NtpShort::ZERO,
+            root_dispersion,
+            refid: *b"LOCL",
+            reference_time,
+            ..Self::unsynchronized(precision)
+        }
+    }
+
     /// Whether the state says the clock is unusable.
     pub fn is_unsynchronized(&self) -> bool {
         self.leap == LeapIndicator::Unsynchronized || self.stratum >= Self::STRATUM_UNSYNC

@@ -164,7 +164,7 @@ mod tests {
     use super::*;
     use crate::protocol::packet::Header;
     use crate::protocol::server::{respond, Admission, Decision, ReplyKind, RequestContext};
-    use crate::protocol::{LeapIndicator, NtpShort, ServerState};
+    use crate::protocol::{NtpShort, ServerState};
     use crate::server::interleave::InterleaveTable;
 
     fn sent(k: u64) -> Sent {
@@ -226,18 +226,7 @@ mod tests {
     }
 
     fn state() -> ServerState {
-        ServerState {
-            leap: LeapIndicator::NoWarning,
-            stratum: 1,
-            precision: -20,
-            root_delay: NtpShort::ZERO,
-            root_dispersion: NtpShort(1),
-            refid: *b"LOCL",
-            reference_time: NtpTimestamp(1 << 40),
-            min_poll: 4,
-            max_poll: 17,
-            serve_unsynchronized: true,
-        }
+        ServerState::local_stratum1(-20, NtpShort(1), NtpTimestamp(1 << 40))
     }
 
     /// The path a worker takes, without sockets: reply 1 asks for a TX

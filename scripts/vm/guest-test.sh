@@ -48,6 +48,14 @@ stat() { # stat METRIC-WITH-LABELS: its value in the stats file (0 if absent)
     v=$(grep -F "$1 " "$STATS" 2>/dev/null | tail -1 | awk '{print $NF}')
     echo "${v:-0}"
 }
+wait_for_phc_tracking() { # LOG PID: up to 20 s for the PHC fit (while the server runs)
+    n=0
+    while [ $n -lt 20 ] && ! grep -q "PHC tracking established" "$1"; do
+        kill -0 "$2" 2>/dev/null || break
+        sleep 1
+        n=$((n + 1))
+    done
+}
 if [ -x /bin/hwntpd ]; then
     STATS=/tmp/hwntpd-stats
     LOG=/tmp/hwntpd.log
@@ -55,12 +63,7 @@ if [ -x /bin/hwntpd ]; then
         --stats-file "$STATS" --stats-interval 1 --log-level info >"$LOG" 2>&1 &
     SRV_PID=$!
     # PHC tracking needs a few readings before hardware stamps are converted.
-    n=0
-    while [ $n -lt 20 ] && ! grep -q "PHC tracking established" "$LOG"; do
-        kill -0 $SRV_PID 2>/dev/null || break
-        sleep 1
-        n=$((n + 1))
-    done
+    wait_for_phc_tracking "$LOG" $SRV_PID
     if kill -0 $SRV_PID 2>/dev/null; then
         check hwntpd-start PASS "pid $SRV_PID on $SRV_IP:123 ($SRV_IF)"
     else
@@ -138,12 +141,7 @@ if [ -x /bin/hwntpd ] && [ -x /bin/hwntpd-bench ]; then
     hwntpd --reference phc --phc /dev/ptp0 --utc-offset 0 --interface "$SRV_IF" \
         --listen "$SRV_IP:123" --workers 1 --log-level info >"$LOG" 2>&1 &
     SRV_PID=$!
-    n=0
-    while [ $n -lt 20 ] && ! grep -q "PHC tracking established" "$LOG"; do
-        kill -0 $SRV_PID 2>/dev/null || break
-        sleep 1
-        n=$((n + 1))
-    done
+    wait_for_phc_tracking "$LOG" $SRV_PID
     in_cli timeout 30 hwntpd-bench query --server "$SRV_IP:123" --count 3 --interval-ms 300 >/tmp/client-phc.log 2>&1
     stratum=$(grep -m1 "^  stratum" /tmp/client-phc.log | awk '{print $2}')
     refid=$(grep -m1 "^  refid" /tmp/client-phc.log | awk '{print $2}')

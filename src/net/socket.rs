@@ -189,6 +189,32 @@ pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
     }
 }
 
+/// What a socket holds for its reader right now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Readiness {
+    /// A datagram is waiting.
+    pub data: bool,
+    /// The error queue is not empty (transmit timestamps, errors).
+    pub error_queue: bool,
+}
+
+/// What the socket holds now (`poll` with no wait; an error reads as nothing).
+/// Used by the worker's watchdog.
+pub fn readiness(fd: BorrowedFd<'_>) -> Readiness {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => {
+            let r = fds[0].revents().unwrap_or(PollFlags::empty());
+            Readiness {
+                data: r.contains(PollFlags::POLLIN),
+                error_queue: r.contains(PollFlags::POLLERR),
+            }
+        }
+        _ => Readiness::default(),
+    }
+}
+
 // ---------------------------------------------------------------------------
 // SO_TIMESTAMPING.
 
@@ -753,6 +779,11 @@ mod tests {
         let before = now_nanos();
         client.send_to(b"request-48-bytes", server_addr).unwrap();
         assert!(wait_for(server.as_fd(), libc::POLLIN), "no request");
+        let waiting = Readiness {
+            data: true,
+            error_queue: false,
+        };
+        assert_eq!(readiness(server.as_fd()), waiting);
         let mut buf = [0u8; 64];
         let mut control = CmsgBuffer::<256>::new();
         let r = recv_with_control(server.as_fd(), &mut buf, &mut control.0, 0).unwrap();
@@ -798,6 +829,7 @@ mod tests {
 
         // TX stamp: POLLERR signals the error queue.
         assert!(wait_for(server.as_fd(), libc::POLLERR), "no TX stamp");
+        assert!(readiness(server.as_fd()).error_queue);
         let mut got: Vec<TxTimestamp> = Vec::new();
         let count = read_tx_timestamps(server.as_fd(), &mut |t| got.push(t)).unwrap();
         assert_eq!(count, 1);
@@ -810,6 +842,7 @@ mod tests {
         assert!((t.time.as_nanos() - sent_at).abs() < 1_000_000_000);
         // Nothing else queued.
         assert_eq!(read_tx_timestamps(server.as_fd(), &mut |_| ()).unwrap(), 0);
+        assert_eq!(readiness(server.as_fd()), Readiness::default());
 
         // A basic reply without a request generates no TX stamp.
         let n = cmsg::build_reply_control(

@@ -287,6 +287,16 @@ impl<C: CompletionEntry> UringOf<C> {
         self.push(&e)
     }
 
+    /// Queue a cancellation of the request whose user data is `target` (its
+    /// completion carries `user_data`: 0, or `-ENOENT` when no such request
+    /// was in flight).
+    pub fn cancel(&mut self, target: u64, user_data: u64) -> io::Result<()> {
+        let e = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data);
+        self.push(&e)
+    }
+
     /// Queue the send prepared in slot `id` of `slots` on `fd`.
     pub fn push_send(
         &mut self,

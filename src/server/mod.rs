@@ -7,6 +7,7 @@ pub mod interleave;
 pub mod stats;
 pub mod timestamping;
 pub mod txstamps;
+pub mod watchdog;
 pub mod worker;
 
 use std::path::Path;

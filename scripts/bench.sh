@@ -57,7 +57,7 @@ RT=${RT:-0}
 OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
 
 BENCH=$ROOT/target/release/hwntpd-bench
-HWNTPD=$ROOT/target/release/hwntpd
+HWNTPD=${HWNTPD:-$ROOT/target/release/hwntpd}
 NS_SRV=hwb-srv-$$
 NS_CLI=hwb-cli-$$
 VETH_SRV=hwbs$$

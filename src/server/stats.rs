@@ -20,6 +20,11 @@ macro_rules! counters {
             $( #[doc = $help] pub $field: AtomicU64, )*
             /// Requests dropped by the protocol core, by [`DropReason`].
             pub drops: [AtomicU64; DropReason::COUNT],
+            /// |exact transmit time - the estimate a basic reply carries|, by
+            /// bucket of [`ESTIMATE_ERROR_BUCKETS_NS`] (the last: above them all).
+            pub estimate_error: [AtomicU64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
+            /// The sum of those errors, in ns.
+            pub estimate_error_ns: AtomicU64,
         }
 
         /// A plain-number copy of the counters (one worker, or the sum of all).
@@ -28,6 +33,10 @@ macro_rules! counters {
             $( #[doc = $help] pub $field: u64, )*
             /// Drops by [`DropReason`], indexed by `reason as usize`.
             pub drops: [u64; DropReason::COUNT],
+            /// Transmit-estimate errors by bucket (see [`WorkerStats::estimate_error`]).
+            pub estimate_error: [u64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
+            /// The sum of those errors, in ns.
+            pub estimate_error_ns: u64,
         }
 
         impl WorkerStats {
@@ -36,6 +45,10 @@ macro_rules! counters {
                 StatsSnapshot {
                     $( $field: self.$field.load(Ordering::Relaxed), )*
                     drops: std::array::from_fn(|i| self.drops[i].load(Ordering::Relaxed)),
+                    estimate_error: std::array::from_fn(|i| {
+                        self.estimate_error[i].load(Ordering::Relaxed)
+                    }),
+                    estimate_error_ns: self.estimate_error_ns.load(Ordering::Relaxed),
                 }
             }
         }
@@ -47,6 +60,10 @@ macro_rules! counters {
                 for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
                     *a += b;
                 }
+                for (a, b) in self.estimate_error.iter_mut().zip(other.estimate_error.iter()) {
+                    *a += b;
+                }
+                self.estimate_error_ns += other.estimate_error_ns;
             }
 
             /// The counters in the Prometheus text exposition format.
@@ -69,6 +86,7 @@ macro_rules! counters {
                 for r in DropReason::ALL {
                     let _ = writeln!(out, "hwntpd_drops_total{{reason=\"{}\"}} {}", r.name(), self.drops[r as usize]);
                 }
+                self.write_estimate_histogram(&mut out);
                 out
             }
         }
@@ -91,17 +109,81 @@ counters! {
     tx_ts_late => "hwntpd_tx_timestamp_late_total", "", "Transmit timestamps that arrived more than 1 s late (ignored).";
     tx_ts_unmatched => "hwntpd_tx_timestamp_unmatched_total", "", "Transmit timestamps whose key matched no pending reply.";
     tx_ts_invalid => "hwntpd_tx_timestamp_invalid_total", "", "Transmit timestamps discarded because they were more than 1 s from the pre-send reading.";
+    tx_estimate_ahead => "hwntpd_transmit_estimate_ahead_total", "", "Estimates later than the exact transmit time (the rest were earlier or equal).";
     send_errors => "hwntpd_send_errors_total", "", "Replies the kernel refused to send.";
     stale_completions => "hwntpd_stale_completions_total", "", "Send completions for a slot not in flight (ignored; a kernel replaying a completion).";
     send_queue_full => "hwntpd_send_queue_full_total", "", "Replies dropped because every send slot was in flight.";
     truncated => "hwntpd_truncated_total", "", "Datagrams dropped because they or their control data did not fit a receive buffer.";
     recv_errors => "hwntpd_recv_errors_total", "", "Receive completions with an error (including buffer exhaustion).";
     recv_rearms => "hwntpd_recv_rearms_total", "", "Times a multishot receive ended and was re-armed.";
+    recv_stalls => "hwntpd_stalls_total", "what=\"receive\"", "Times the watchdog found a socket's receive silent with datagrams waiting, and re-armed it.";
+    tx_ts_stalls => "hwntpd_stalls_total", "what=\"tx_timestamps\"", "Times the watchdog found transmit-timestamp collection silent with the error queue not empty, drained it and restarted the collection.";
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
 }
 
+/// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.
+pub const ESTIMATE_ERROR_BUCKETS_NS: [u64; 10] = [
+    1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
+];
+
+/// Metric name of the transmit-estimate error histogram.
+pub const ESTIMATE_ERROR_METRIC: &str = "hwntpd_transmit_estimate_error_seconds";
+
+impl WorkerStats {
+    /// Record how far a served transmit estimate was from the exact transmit
+    /// time (`error_ns` = exact - estimate).
+    pub fn record_estimate_error(&self, error_ns: i64) {
+        let abs = error_ns.unsigned_abs();
+        let bucket = ESTIMATE_ERROR_BUCKETS_NS
+            .iter()
+            .position(|&le| abs <= le)
+            .unwrap_or(ESTIMATE_ERROR_BUCKETS_NS.len());
+        bump(&self.estimate_error[bucket]);
+        add(&self.estimate_error_ns, abs);
+        if error_ns < 0 {
+            bump(&self.tx_estimate_ahead);
+        }
+    }
+}
+
+/// Nanoseconds as exact decimal seconds ("0.000001", "3.5", "0").
+fn seconds(ns: u64) -> String {
+    let frac = format!("{:09}", ns % 1_000_000_000);
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        format!("{}", ns / 1_000_000_000)
+    } else {
+        format!("{}.{frac}", ns / 1_000_000_000)
+    }
+}
+
 impl StatsSnapshot {
+    fn write_estimate_histogram(&self, out: &mut String) {
+        let m = ESTIMATE_ERROR_METRIC;
+        let _ = writeln!(
+            out,
+            "# HELP {m} |exact transmit time - the transmit estimate a basic reply carries|, \
+             for every reply whose exact transmit time was measured."
+        );
+        let _ = writeln!(out, "# TYPE {m} histogram");
+        let mut cumulative = 0;
+        for (i, n) in self.estimate_error.iter().enumerate() {
+            cumulative += n;
+            match ESTIMATE_ERROR_BUCKETS_NS.get(i) {
+                Some(&le) => {
+                    let le = seconds(le);
+                    let _ = writeln!(out, "{m}_bucket{{le=\"{le}\"}} {cumulative}");
+                }
+                None => {
+                    let _ = writeln!(out, "{m}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{m}_sum {}", seconds(self.estimate_error_ns));
+        let _ = writeln!(out, "{m}_count {cumulative}");
+    }
+
     /// Total requests dropped by the protocol core.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
@@ -123,7 +205,7 @@ impl StatsSnapshot {
         }
         format!(
             "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
-             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} drops={}{}",
+             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} drops={}{}",
             self.received,
             self.total_replies(),
             self.replies_basic,
@@ -140,6 +222,8 @@ impl StatsSnapshot {
             self.send_errors,
             self.send_queue_full,
             self.truncated,
+            self.recv_stalls,
+            self.tx_ts_stalls,
             self.total_drops(),
             drops
         )
@@ -209,5 +293,29 @@ mod tests {
         assert_eq!(get("hwntpd_replies_total{mode=\"basic\"}"), Some(0));
         assert_eq!(text.matches("# TYPE hwntpd_replies_total").count(), 1);
         assert!(total.summary().contains("mode_control=1"));
+    }
+
+    #[test]
+    fn estimate_error_histogram() {
+        let a = WorkerStats::default();
+        let b = WorkerStats::default();
+        a.record_estimate_error(1_500);
+        a.record_estimate_error(-700);
+        b.record_estimate_error(3_000_000);
+        let total = sum([&a, &b]);
+        assert_eq!(total.tx_estimate_ahead, 1);
+        assert_eq!(total.estimate_error_ns, 1_500 + 700 + 3_000_000);
+        let text = total.to_prometheus();
+        let kv = parse_prometheus(&text);
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        let m = ESTIMATE_ERROR_METRIC;
+        assert_eq!(get(&format!("{m}_bucket{{le=\"0.000001\"}}")), Some(1));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"0.000002\"}}")), Some(2));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"0.001\"}}")), Some(2));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
+        assert_eq!(get(&format!("{m}_count")), Some(3));
+        assert!(text.contains(&format!("{m}_sum 0.0030022\n")), "{text}");
+        assert_eq!(seconds(0), "0");
+        assert_eq!(seconds(3_500_000_000), "3.5");
     }
 }

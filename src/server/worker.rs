@@ -21,7 +21,8 @@ use crate::net::addr::parse_sockaddr;
 use crate::net::cmsg::{
     build_reply_control, parse_rx_control, KernelTime, TxTimestamp, TxTsRequest,
 };
-use crate::net::errqueue::read_tx_timestamps;
+use crate::net::errqueue::{read_tx_timestamps, MAX_PER_CALL};
+use crate::net::socket::readiness;
 use crate::net::uring::{
     BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing,
     IORING_CQE_F_TSTAMP_HW, SEND_PAYLOAD_MAX,
@@ -34,6 +35,7 @@ use crate::protocol::NtpTimestamp;
 use crate::server::interleave::InterleaveTable;
 use crate::server::stats::{add, bump, WorkerStats};
 use crate::server::txstamps::{Completion, PendingTx, SendLatency, Sent};
+use crate::server::watchdog::{Watchdog, WATCHDOG_INTERVAL_MS};
 
 /// How a worker learns the exact transmit time of a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +103,7 @@ const KIND_RECV: u64 = 1;
 const KIND_SEND: u64 = 2;
 const KIND_TXTS: u64 = 3;
 const KIND_POLLERR: u64 = 4;
+const KIND_CANCEL: u64 = 5;
 
 fn tag(kind: u64, socket: usize, extra: u64) -> u64 {
     (kind << KIND_SHIFT) | ((socket as u64 & 0xff) << 48) | (extra & 0xffff_ffff_ffff)
@@ -124,6 +127,10 @@ struct SocketState {
     pending: PendingTx,
     latency: SendLatency,
     last_calibration: NtpTimestamp,
+    /// Receive completions keep coming while datagrams wait.
+    rx_watch: Watchdog,
+    /// Transmit-timestamp completions keep coming while the error queue holds some.
+    tx_watch: Watchdog,
 }
 
 impl SocketState {
@@ -212,6 +219,8 @@ impl Worker {
                 pending: PendingTx::new(PENDING_TX),
                 latency: SendLatency::default(),
                 last_calibration: NtpTimestamp::ZERO,
+                rx_watch: Watchdog::default(),
+                tx_watch: Watchdog::default(),
             })
             .collect();
         let n_slots = cfg.ring.send_slots;
@@ -256,9 +265,11 @@ impl Worker {
         if let Some(cpu) = self.cfg.cpu {
             pin_to_cpu(cpu);
         }
+        let watchdog_interval = Duration::from_millis(WATCHDOG_INTERVAL_MS);
         let mut last_tick = Instant::now();
+        let mut last_watch = last_tick;
         while !self.cfg.stop.load(Ordering::Relaxed) {
-            self.ring.submit_and_wait(Duration::from_millis(200))?;
+            self.ring.submit_and_wait(watchdog_interval)?;
             // First thing after waking: the user-space receive time, used only for
             // datagrams that arrive without a kernel timestamp.
             let wake = self.served_now();
@@ -266,20 +277,7 @@ impl Worker {
             // Transmit timestamps first: the kernel posted them (as task work,
             // run by the enter above) before the requests now waiting, and a
             // follow-up request may need the exact time of the previous reply.
-            if let Some(mut tx) = self.tx_ring.take() {
-                loop {
-                    let n = tx.reap(&mut cqes);
-                    for c in &cqes[..n] {
-                        self.on_tx_completion(&mut tx, c)?;
-                    }
-                    if n < cqes.len() {
-                        break;
-                    }
-                }
-                add(&self.cfg.stats.ring_enters, tx.enters);
-                tx.enters = 0;
-                self.tx_ring = Some(tx);
-            }
+            self.reap_tx(&mut cqes)?;
             loop {
                 let n = self.ring.reap(&mut cqes[..SEND_BATCH]);
                 for c in &cqes[..n] {
@@ -295,6 +293,10 @@ impl Worker {
                     self.bufs.publish();
                     self.flush_batch()?;
                     self.ring.submit()?;
+                    // Keep the transmit-timestamp ring drained during a long
+                    // turn too: a full completion queue stops the kernel's
+                    // command, leaving timestamps in the socket's error queue.
+                    self.reap_tx(&mut cqes)?;
                 }
             }
             self.cqes = cqes;
@@ -302,22 +304,59 @@ impl Worker {
             self.flush_batch()?;
             add(&self.cfg.stats.ring_enters, self.ring.enters);
             self.ring.enters = 0;
+            if last_watch.elapsed() >= watchdog_interval {
+                last_watch = Instant::now();
+                self.watch_sockets()?;
+            }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();
-                self.sweep_pending(last_tick);
+                self.tick(last_tick);
             }
         }
         self.shutdown();
         Ok(())
     }
 
+    /// Handle everything the transmit-timestamp ring has completed.
+    fn reap_tx(&mut self, cqes: &mut [Cqe]) -> std::io::Result<()> {
+        let Some(mut tx) = self.tx_ring.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        loop {
+            let n = tx.reap(cqes);
+            for c in &cqes[..n] {
+                if let Err(e) = self.on_tx_completion(&mut tx, c) {
+                    result = Err(e);
+                }
+            }
+            if n < cqes.len() {
+                break;
+            }
+        }
+        add(&self.cfg.stats.ring_enters, tx.enters);
+        tx.enters = 0;
+        self.tx_ring = Some(tx);
+        result
+    }
+
     /// A completion of the transmit-timestamp ring: one timestamp (`result` is
     /// its key, the `io_timespec` is in the second half of the CQE).
     fn on_tx_completion(&mut self, tx: &mut TxRing, c: &Cqe) -> std::io::Result<()> {
         let (kind, socket, _) = untag(c.user_data);
-        if kind != KIND_TXTS || socket >= self.sockets.len() {
+        if socket >= self.sockets.len() {
             return Ok(());
         }
+        if kind == KIND_CANCEL && c.result == -libc::ENOENT {
+            // The watchdog's cancel found no command in flight: arm one.
+            tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0))?;
+            tx.submit()?;
+            return Ok(());
+        }
+        if kind != KIND_TXTS {
+            return Ok(());
+        }
+        self.sockets[socket].tx_watch.saw_completion();
         if c.result >= 0 {
             let ts = TxTimestamp {
                 key: c.result as u32,
@@ -329,7 +368,7 @@ impl Worker {
                 tstype: c.flags >> crate::net::uring::IORING_TIMESTAMP_TYPE_SHIFT,
             };
             self.on_tx_timestamp(socket, &ts);
-        } else if c.result != -libc::EAGAIN {
+        } else if c.result != -libc::EAGAIN && c.result != -libc::ECANCELED {
             tracing::warn!(
                 worker = self.cfg.id,
                 errno = -c.result,
@@ -357,12 +396,16 @@ impl Worker {
         let (kind, socket, extra) = untag(c.user_data);
         match kind {
             KIND_RECV => {
+                if let Some(sock) = self.sockets.get_mut(socket) {
+                    sock.rx_watch.saw_completion();
+                }
                 if c.result >= 0 {
                     if let Some(bid) = c.buffer_id() {
                         self.on_datagram(socket, bid, wake);
                         self.bufs.recycle(bid);
                     }
-                } else {
+                } else if c.result != -libc::ECANCELED {
+                    // (ECANCELED: the watchdog cancelled a stalled receive.)
                     bump(&self.cfg.stats.recv_errors);
                     if c.result == -libc::EINVAL {
                         return Err(std::io::Error::other(
@@ -397,7 +440,14 @@ impl Worker {
                     }
                 }
             }
+            // The watchdog's cancel found no receive in flight: arm one now
+            // (when it did find one, that receive's last completion re-arms).
+            KIND_CANCEL if c.result == -libc::ENOENT && socket < self.sockets.len() => {
+                bump(&self.cfg.stats.recv_rearms);
+                self.arm_recv(socket)?;
+            }
             KIND_POLLERR if socket < self.sockets.len() => {
+                self.sockets[socket].tx_watch.saw_completion();
                 let fd = self.sockets[socket].fd;
                 let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
                 let mut n = 0u64;
@@ -549,10 +599,12 @@ impl Worker {
         for i in 0..self.batch.len() {
             let q = self.batch[i];
             let sock = &mut self.sockets[q.socket];
-            // The reading plus the smallest recently measured send latency: the
-            // best estimate of the transmit time a basic reply can carry.
+            // The reading plus the send latency estimated for this place in the
+            // batch: the best estimate of the transmit time a basic reply can
+            // carry (the batch's replies leave one after the other).
+            let position = u16::try_from(i).unwrap_or(u16::MAX);
             let latency = if self.cfg.compensate_send_latency {
-                sock.latency.estimate().unwrap_or(0)
+                sock.latency.estimate(position).unwrap_or(0)
             } else {
                 0
             };
@@ -564,6 +616,8 @@ impl Worker {
                 let sent = Sent {
                     served_receive: q.served_receive,
                     pre_send: now,
+                    position,
+                    estimate: transmit,
                     interleave: q.interleave,
                 };
                 if sock.pending.register(q.tx_key, sent, sent_at) {
@@ -593,10 +647,92 @@ impl Worker {
         }
     }
 
-    /// Count as missed the transmit timestamps that did not come in time.
-    fn sweep_pending(&mut self, now: Instant) {
+    /// A few times a second: recover any socket where the kernel holds
+    /// datagrams or error-queue entries but no completion came for two checks
+    /// (see [`crate::server::watchdog`]).
+    fn watch_sockets(&mut self) -> std::io::Result<()> {
+        let tx_on = self.cfg.tx_mode != TxTimestampMode::Off;
+        for i in 0..self.sockets.len() {
+            let sock = &self.sockets[i];
+            let look = sock.rx_watch.quiet() || (tx_on && sock.tx_watch.quiet());
+            if !look {
+                self.sockets[i].rx_watch.check(false);
+                self.sockets[i].tx_watch.check(false);
+                continue;
+            }
+            bump(&self.cfg.stats.other_syscalls);
+            let now = readiness(self.cfg.sockets[i].fd.as_fd());
+            let sock = &mut self.sockets[i];
+            let rx_stalled = sock.rx_watch.check(now.data);
+            let tx_stalled = tx_on && sock.tx_watch.check(now.error_queue);
+            if rx_stalled {
+                self.recover_receive(i)?;
+            }
+            if tx_stalled {
+                self.recover_tx_timestamps(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn warn_stall(&self, what: &str, socket: usize, count: u64) {
+        // The first time, then at powers of two: a persistent fault stays visible
+        // without flooding the log.
+        if count.is_power_of_two() {
+            tracing::warn!(
+                worker = self.cfg.id,
+                local = %self.sockets[socket].local,
+                stalls = count,
+                "{what} stalled although the kernel holds data for it; recovered"
+            );
+        }
+    }
+
+    /// Cancel the socket's silent multishot receive; its last completion (or
+    /// the cancel's, when none was in flight) re-arms it.
+    fn recover_receive(&mut self, socket: usize) -> std::io::Result<()> {
+        bump(&self.cfg.stats.recv_stalls);
+        self.warn_stall(
+            "receive",
+            socket,
+            self.cfg.stats.recv_stalls.load(Ordering::Relaxed),
+        );
+        self.ring
+            .cancel(tag(KIND_RECV, socket, 0), tag(KIND_CANCEL, socket, 0))
+    }
+
+    /// Read the socket's error queue directly (every entry, timestamps matched
+    /// as usual), then restart the transmit-timestamp command.
+    fn recover_tx_timestamps(&mut self, socket: usize) -> std::io::Result<()> {
+        bump(&self.cfg.stats.tx_ts_stalls);
+        self.warn_stall(
+            "transmit-timestamp collection",
+            socket,
+            self.cfg.stats.tx_ts_stalls.load(Ordering::Relaxed),
+        );
+        let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
+        let fd = cfg.sockets[socket].fd.as_fd();
+        // Bounded: a queue is at most the receive buffer's worth of entries.
+        for _ in 0..256 {
+            bump(&cfg.stats.other_syscalls);
+            match read_tx_timestamps(fd, &mut |ts| handle_tx_timestamp(sock, cfg, &ts)) {
+                Ok(n) if n >= MAX_PER_CALL => continue,
+                _ => break,
+            }
+        }
+        if let Some(tx) = &mut self.tx_ring {
+            tx.cancel(tag(KIND_TXTS, socket, 0), tag(KIND_CANCEL, socket, 0))?;
+            tx.submit()?;
+        }
+        Ok(())
+    }
+
+    /// Once a second: count as missed the transmit timestamps that did not
+    /// come in time, and refit the send latency's growth along a batch.
+    fn tick(&mut self, now: Instant) {
         for sock in &mut self.sockets {
             add(&self.cfg.stats.tx_ts_missed, sock.pending.sweep(now));
+            sock.latency.refit();
         }
     }
 
@@ -659,7 +795,11 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
     } else {
         &stats.tx_ts_kernel
     });
-    sock.latency.add(exact.diff_nanos(sent.pre_send));
+    sock.latency
+        .add(sent.position, exact.diff_nanos(sent.pre_send));
+    // How far the served estimate was from the real transmit time (the error a
+    // basic reply's transmit timestamp carries).
+    stats.record_estimate_error(exact.diff_nanos(sent.estimate));
     if let (true, Some(t)) = (sent.interleave, &cfg.table) {
         t.update(sent.served_receive, exact.with_even_low_bit());
     }
@@ -671,5 +811,150 @@ fn pin_to_cpu(cpu: usize) {
         if let Err(e) = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set) {
             tracing::warn!(cpu, "could not pin worker to CPU: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::socket::{bind_udp, enable_timestamping, local_addr, TimestampingConfig};
+    use crate::net::uring::probe_tx_timestamp_command;
+    use crate::protocol::{NtpShort, ServerState};
+    use std::net::UdpSocket;
+
+    impl Worker {
+        /// Cancel the receive (and the transmit-timestamp command) and swallow
+        /// their completions, so nothing is armed: what a lost kernel wake-up
+        /// looks like from user space.
+        fn lose_wakeups(&mut self) {
+            let mut cqes = vec![Cqe::default(); 64];
+            self.ring.cancel(tag(KIND_RECV, 0, 0), 0).unwrap();
+            let mut seen = 0;
+            while seen < 2 {
+                self.ring.submit_and_wait(Duration::from_secs(1)).unwrap();
+                seen += self.ring.reap(&mut cqes);
+            }
+            if let Some(tx) = &mut self.tx_ring {
+                tx.cancel(tag(KIND_TXTS, 0, 0), 0).unwrap();
+                let mut seen = 0;
+                while seen < 2 {
+                    tx.submit_and_wait(Duration::from_secs(1)).unwrap();
+                    seen += tx.reap(&mut cqes);
+                }
+            }
+        }
+    }
+
+    fn ask(client: &UdpSocket, server: SocketAddr, origin: u64, transmit: u64) -> bool {
+        let mut req = [0u8; 48];
+        req[0] = (4 << 3) | 3;
+        req[24..32].copy_from_slice(&origin.to_be_bytes());
+        req[40..48].copy_from_slice(&transmit.to_be_bytes());
+        client.send_to(&req, server).unwrap();
+        let mut buf = [0u8; 64];
+        matches!(client.recv_from(&mut buf), Ok((48, _)))
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(3),
+                "{what}: not within 3 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// With its receive and its transmit-timestamp command gone silent, a
+    /// worker recovers both within a few watchdog checks: requests waiting in
+    /// the socket get answered, and stamps waiting in the error queue are
+    /// collected, then the command runs again.
+    #[test]
+    fn watchdog_recovers_lost_wakeups() {
+        let uring_cmd = probe_tx_timestamp_command();
+        if !uring_cmd {
+            eprintln!(
+                "SKIP the transmit-timestamp half: io_uring's TX-timestamp command \
+                 (Linux 6.15+) is unavailable here"
+            );
+        }
+        let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        enable_timestamping(
+            fd.as_fd(),
+            &TimestampingConfig {
+                rx_software: true,
+                tx_software: true,
+                opt_id: true,
+                tsonly: true,
+                ..TimestampingConfig::default()
+            },
+        )
+        .unwrap();
+        let local = local_addr(fd.as_fd()).unwrap();
+        let stats = Arc::new(WorkerStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = WorkerConfig {
+            id: 0,
+            sockets: vec![WorkerSocket { fd, local }],
+            state: Arc::new(StateCell::new(ServerState::local_stratum1(
+                -20,
+                NtpShort(1),
+                NtpTimestamp(1 << 40),
+            ))),
+            table: Some(Arc::new(InterleaveTable::new(1 << 10))),
+            stats: stats.clone(),
+            stop: stop.clone(),
+            tx_mode: if uring_cmd {
+                TxTimestampMode::UringCommand
+            } else {
+                TxTimestampMode::Off
+            },
+            tx_hardware: false,
+            explicit_tx_key: false,
+            rx: RxTimestamps::Kernel,
+            compensate_send_latency: false,
+            domains: TimeDomains::system(),
+            ring: RingConfig::default(),
+            cpu: None,
+        };
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let mut w = Worker::new(cfg)?;
+            w.lose_wakeups();
+            ready_tx.send(()).unwrap();
+            w.run()
+        });
+        ready.recv().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+
+        assert!(
+            ask(&client, local, 0, 0x1000),
+            "answered after the receive was re-armed: {}",
+            stats.snapshot().summary()
+        );
+        let s = stats.snapshot();
+        assert_eq!(s.recv_stalls, 1, "{}", s.summary());
+
+        if uring_cmd {
+            // An odd origin: an interleaved-mode candidate, its transmit time wanted.
+            assert!(ask(&client, local, 0x0000_0001_0000_0001, 0x2000));
+            wait_until("stamp collected from the stalled error queue", || {
+                let s = stats.snapshot();
+                s.tx_ts_stalls >= 1 && s.tx_ts_kernel >= 1
+            });
+            let before = stats.snapshot();
+            assert!(ask(&client, local, 0x0000_0001_0000_0003, 0x3000));
+            wait_until("stamp collected by the restarted command", || {
+                stats.snapshot().tx_ts_kernel > before.tx_ts_kernel
+            });
+            assert_eq!(stats.snapshot().tx_ts_stalls, before.tx_ts_stalls);
+        }
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap().unwrap();
+        eprintln!("{}", stats.snapshot().summary());
     }
 }

@@ -79,6 +79,10 @@ pub struct LoadArgs {
     /// Counter in --server-stats counting the server's replies (all samples summed).
     #[arg(long, default_value = "hwntpd_replies_total")]
     pub reply_metric: String,
+    /// Histogram in --server-stats of |exact transmit time - the transmit
+    /// estimate a basic reply carries| (seconds).
+    #[arg(long, default_value = "hwntpd_transmit_estimate_error_seconds")]
+    pub estimate_histogram: String,
     /// Pacing granularity in microseconds: below a full batch, wait at most this
     /// long for tokens to accumulate.
     #[arg(long, default_value_t = 1000)]
@@ -177,6 +181,55 @@ pub fn prom_sum(text: &str, metric: &str) -> Option<f64> {
     sum
 }
 
+/// The buckets of a Prometheus histogram `metric` as (upper bound, cumulative
+/// count), ascending, the `+Inf` bucket last; `None` if absent.
+pub fn prom_histogram(text: &str, metric: &str) -> Option<Vec<(f64, f64)>> {
+    let prefix = format!("{metric}_bucket{{le=\"");
+    let mut buckets: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
+        .filter_map(|rest| {
+            let (le, rest) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, rest.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    (!buckets.is_empty()).then_some(buckets)
+}
+
+/// The `q` quantile of a histogram of (upper bound, cumulative count), by
+/// linear interpolation inside the bucket (the way Prometheus does it); a
+/// quantile in the `+Inf` bucket is reported as the last finite bound.
+pub fn histogram_quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lower, mut below) = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower);
+            }
+            let inside = count - below;
+            let frac = if inside > 0.0 {
+                (rank - below) / inside
+            } else {
+                1.0
+            };
+            return Some(lower + (le - lower) * frac);
+        }
+        (lower, below) = (le, count);
+    }
+    Some(lower)
+}
+
 /// Counters of one rate step.
 #[derive(Default)]
 struct Counters {
@@ -217,6 +270,9 @@ pub struct StepResult {
     server_cpu_util: Option<f64>,
     generator_cpu_util: f64,
     syscalls_per_reply: Option<f64>,
+    /// |exact transmit time - the estimate a basic reply carries| over the
+    /// step: p50 and p99 in microseconds, and how many replies it covers.
+    tx_estimate_error: Option<([f64; 2], f64)>,
 }
 
 impl StepResult {
@@ -274,6 +330,9 @@ impl StepResult {
         if let Some(v) = self.syscalls_per_reply {
             s += &format!(" {v:.3} syscalls/reply");
         }
+        if let Some(([p50, p99], n)) = self.tx_estimate_error {
+            s += &format!(" | transmit estimate error us p50 {p50:.1} p99 {p99:.1} (of {n:.0})");
+        }
         s += &format!(" | generator {:.0}% CPU", 100.0 * self.generator_cpu_util);
         s
     }
@@ -289,6 +348,7 @@ impl StepResult {
                 "\"rtt_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{}}},",
                 "\"turnaround_us\":{{\"p50\":{},\"p99\":{}}},\"turnaround_samples\":{},\"turnaround_negative\":{},",
                 "\"cpu_us_per_reply\":{},\"server_cpu_util\":{},\"syscalls_per_reply\":{},",
+                "\"tx_estimate_error_us\":{{\"p50\":{},\"p99\":{}}},\"tx_estimate_samples\":{},",
                 "\"generator_cpu_util\":{:.3},\"generator_limited\":{}}}"
             ),
             self.rate,
@@ -317,6 +377,9 @@ impl StepResult {
             j(self.cpu_us_per_reply),
             j(self.server_cpu_util),
             j(self.syscalls_per_reply),
+            j(self.tx_estimate_error.map(|e| e.0[0])),
+            j(self.tx_estimate_error.map(|e| e.0[1])),
+            j(self.tx_estimate_error.map(|e| e.1)),
             self.generator_cpu_util,
             self.generator_limited(),
         )
@@ -511,19 +574,25 @@ impl<'a> Generator<'a> {
         Ok(())
     }
 
-    fn server_counters(&self) -> (Option<u64>, Option<(f64, f64)>) {
-        let cpu = self
+    fn server_counters(&self) -> ServerCounters {
+        let cpu_ns = self
             .args
             .server_pid
             .and_then(|pid| sys::process_cpu_ns(pid).ok());
-        let stats = self.args.server_stats.as_ref().and_then(|p| {
-            let text = std::fs::read_to_string(p).ok()?;
-            Some((
-                prom_sum(&text, &self.args.syscall_metric)?,
-                prom_sum(&text, &self.args.reply_metric)?,
-            ))
-        });
-        (cpu, stats)
+        let text = self
+            .args
+            .server_stats
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok());
+        let metric = |name: &str| text.as_deref().and_then(|t| prom_sum(t, name));
+        ServerCounters {
+            cpu_ns,
+            syscalls: metric(&self.args.syscall_metric),
+            replies: metric(&self.args.reply_metric),
+            estimate_error: text
+                .as_deref()
+                .and_then(|t| prom_histogram(t, &self.args.estimate_histogram)),
+        }
     }
 
     fn run_step(&mut self, rate: f64, stop: &AtomicBool) -> io::Result<StepResult> {
@@ -534,7 +603,7 @@ impl<'a> Generator<'a> {
         let batch = self.tx.capacity() as f64;
         let burst = (rate * 0.005).max(batch);
         let target = (rate * self.args.pace_us as f64 * 1e-6).clamp(1.0, batch);
-        let (cpu0, stats0) = self.server_counters();
+        let before = self.server_counters();
         let gen0 = sys::process_cpu_ns(std::process::id()).unwrap_or(0);
         let start = Instant::now();
         let end = start + Duration::from_secs_f64(self.args.duration);
@@ -571,19 +640,31 @@ impl<'a> Generator<'a> {
             self.poll(drain_end - now)?;
         }
         let wall = start.elapsed().as_secs_f64();
-        let (cpu1, stats1) = self.server_counters();
+        let after = self.server_counters();
         let gen1 = sys::process_cpu_ns(std::process::id()).unwrap_or(0);
         let valid = self.c.valid;
         let q = |h: &Histogram, p: f64| h.quantile(p).map(|v| v as f64 / 1000.0);
-        let (cpu_us_per_reply, server_cpu_util) = match (cpu0, cpu1) {
+        let (cpu_us_per_reply, server_cpu_util) = match (before.cpu_ns, after.cpu_ns) {
             (Some(a), Some(b)) if valid > 0 => (
                 Some(b.saturating_sub(a) as f64 / 1000.0 / valid as f64),
                 Some(b.saturating_sub(a) as f64 / 1e9 / wall),
             ),
             _ => (None, None),
         };
-        let syscalls_per_reply = match (stats0, stats1) {
-            (Some((s0, r0)), Some((s1, r1))) if r1 > r0 => Some((s1 - s0) / (r1 - r0)),
+        let delta = |f: fn(&ServerCounters) -> Option<f64>| Some(f(&after)? - f(&before)?);
+        let syscalls_per_reply = match (delta(|c| c.syscalls), delta(|c| c.replies)) {
+            (Some(s), Some(r)) if r > 0.0 => Some(s / r),
+            _ => None,
+        };
+        let tx_estimate_error = match (&before.estimate_error, &after.estimate_error) {
+            (Some(a), Some(b)) if a.len() == b.len() => {
+                let d: Vec<(f64, f64)> = a.iter().zip(b).map(|(x, y)| (x.0, y.1 - x.1)).collect();
+                let n = d.last().map_or(0.0, |b| b.1);
+                match (histogram_quantile(&d, 0.5), histogram_quantile(&d, 0.99)) {
+                    (Some(p50), Some(p99)) if n > 0.0 => Some(([p50 * 1e6, p99 * 1e6], n)),
+                    _ => None,
+                }
+            }
             _ => None,
         };
         Ok(StepResult {
@@ -602,8 +683,17 @@ impl<'a> Generator<'a> {
             server_cpu_util,
             generator_cpu_util: gen1.saturating_sub(gen0) as f64 / 1e9 / wall,
             syscalls_per_reply,
+            tx_estimate_error,
         })
     }
+}
+
+/// The server's counters read at one end of a step (each `None` when unknown).
+struct ServerCounters {
+    cpu_ns: Option<u64>,
+    syscalls: Option<f64>,
+    replies: Option<f64>,
+    estimate_error: Option<Vec<(f64, f64)>>,
 }
 
 /// Match one reply against the outstanding requests and count it.
@@ -742,6 +832,30 @@ mod tests {
             }
         }
         assert_ne!(mix(1, 7), mix(2, 7));
+    }
+
+    #[test]
+    fn histogram_parsing_and_quantiles() {
+        // What hwntpd writes: parse it back, then take quantiles.
+        let stats = hwntpd::server::stats::WorkerStats::default();
+        for e in [500, 1_500, 1_600, 1_700, -4_000, 3_000_000] {
+            stats.record_estimate_error(e);
+        }
+        let text = stats.snapshot().to_prometheus();
+        let h = prom_histogram(&text, "hwntpd_transmit_estimate_error_seconds").unwrap();
+        assert_eq!(h.len(), 11);
+        assert_eq!(h[0], (1e-6, 1.0));
+        assert_eq!(h[1], (2e-6, 4.0));
+        assert_eq!(h.last().unwrap(), &(f64::INFINITY, 6.0));
+        // Rank 3 of 6 is the second of the three in (1, 2] us.
+        let p50 = histogram_quantile(&h, 0.5).unwrap();
+        assert!((p50 - 1.666_666e-6).abs() < 1e-9, "{p50}");
+        assert_eq!(histogram_quantile(&h, 0.99), Some(1e-3), "+Inf: last bound");
+        assert_eq!(
+            histogram_quantile(&[(1e-6, 0.0), (f64::INFINITY, 0.0)], 0.5),
+            None
+        );
+        assert!(prom_histogram(&text, "no_such_metric").is_none());
     }
 
     #[test]

@@ -23,7 +23,8 @@
 #   SERVERS                which servers, in order        default "floor hwntpd chronyd"
 #   SERVER_CPU, GEN_CPU    cores                          default 1, 0
 #   HWNTPD_WORKERS         hwntpd --workers               default 1
-#   HWNTPD_ARGS            extra hwntpd arguments (e.g. "--sqpoll")  default none
+#   HWNTPD                 the hwntpd binary              default target/release/hwntpd
+#   HWNTPD_ARGS            extra hwntpd arguments (e.g. "--batch-wait-us 30")  default none
 #                          SERVERS may also name hwntpd-xl: hwntpd again, with the
 #                          generator speaking interleaved mode (kernel TX timestamps)
 #   HWNTPD_SYSCALL_METRIC, HWNTPD_REPLY_METRIC  counters in hwntpd's stats file
@@ -330,6 +331,22 @@ for r in rates:
         else:
             cells.append(f"{s['cpu_us_per_reply']:>9.2f}{'' if passed(s) else '*'}")
     print(f"{r:>9.0f} " + " ".join(cells))
+
+est = {n: st for n, st in runs.items() if any(s.get("tx_estimate_samples") for s in st)}
+if est:
+    print()
+    print("== basic-mode transmit estimate error, |exact - estimate| p50/p99 us (samples)")
+    print(f"{'rate':>9} " + " ".join(f"{n:>22}" for n in est))
+    for r in rates:
+        cells = []
+        for n, st in est.items():
+            s = next((x for x in st if x["rate"] == r), None)
+            e = s.get("tx_estimate_error_us") if s else None
+            if not e or e.get("p50") is None:
+                cells.append(f"{'-':>22}")
+            else:
+                cells.append(f"{e['p50']:.1f}/{e['p99']:.1f} ({s['tx_estimate_samples']:.0f})".rjust(22))
+        print(f"{r:>9.0f} " + " ".join(cells))
 
 if "floor" in runs:
     print()

@@ -25,23 +25,24 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 // ---------------------------------------------------------------------------
-// Constants (Linux UAPI). The generic values hold for x86_64 and aarch64; the
-// tests compare them with libc where libc has them.
+// Constants (Linux UAPI): libc's where libc 0.2 exports them for Linux; the
+// rest (which it lacks) hand-written with the generic values, which hold for
+// x86_64 and aarch64.
 
 /// `SOL_SOCKET` (1 on the architectures we build for; MIPS/SPARC/PA-RISC differ).
 pub const SOL_SOCKET: i32 = libc::SOL_SOCKET;
 /// `SOL_IP` (= `IPPROTO_IP`).
-pub const SOL_IP: i32 = 0;
+pub const SOL_IP: i32 = libc::SOL_IP;
 /// `SOL_IPV6` (= `IPPROTO_IPV6`).
-pub const SOL_IPV6: i32 = 41;
+pub const SOL_IPV6: i32 = libc::SOL_IPV6;
 /// `IP_PKTINFO`: `struct in_pktinfo` on receive and send.
-pub const IP_PKTINFO: i32 = 8;
+pub const IP_PKTINFO: i32 = libc::IP_PKTINFO;
 /// `IP_RECVERR`: `struct sock_extended_err` on the error queue of an IPv4 socket.
-pub const IP_RECVERR: i32 = 11;
+pub const IP_RECVERR: i32 = libc::IP_RECVERR;
 /// `IPV6_PKTINFO`: `struct in6_pktinfo` on receive and send.
-pub const IPV6_PKTINFO: i32 = 50;
+pub const IPV6_PKTINFO: i32 = libc::IPV6_PKTINFO;
 /// `IPV6_RECVERR`: `struct sock_extended_err` on the error queue of an IPv6 socket.
-pub const IPV6_RECVERR: i32 = 25;
+pub const IPV6_RECVERR: i32 = libc::IPV6_RECVERR;
 /// `SO_TIMESTAMPING_OLD` (= `SCM_TIMESTAMPING` with a native `struct timespec`;
 /// this is what `SO_TIMESTAMPING` means on 64-bit targets).
 pub const SO_TIMESTAMPING_OLD: i32 = 37;
@@ -65,14 +66,14 @@ pub const SCM_TS_OPT_ID: i32 = 81;
 pub const SCM_TS_OPT_ID: i32 = 0x5a;
 
 /// `SOF_TIMESTAMPING_TX_HARDWARE`: ask the NIC for the transmit time.
-pub const SOF_TIMESTAMPING_TX_HARDWARE: u32 = 1 << 0;
+pub const SOF_TIMESTAMPING_TX_HARDWARE: u32 = libc::SOF_TIMESTAMPING_TX_HARDWARE;
 /// `SOF_TIMESTAMPING_TX_SOFTWARE`: ask the driver for the transmit time.
-pub const SOF_TIMESTAMPING_TX_SOFTWARE: u32 = 1 << 1;
+pub const SOF_TIMESTAMPING_TX_SOFTWARE: u32 = libc::SOF_TIMESTAMPING_TX_SOFTWARE;
 
 /// `ENOMSG`: the `ee_errno` of a timestamp report.
 const ENOMSG: u32 = libc::ENOMSG as u32;
 /// `SO_EE_ORIGIN_TIMESTAMPING` (= `SO_EE_ORIGIN_TXSTATUS`).
-const SO_EE_ORIGIN_TIMESTAMPING: u8 = 4;
+const SO_EE_ORIGIN_TIMESTAMPING: u8 = libc::SO_EE_ORIGIN_TIMESTAMPING;
 
 /// `SCM_TSTAMP_SND`: the `ee_info` of a driver (software) or NIC (hardware) transmit stamp.
 pub const SCM_TSTAMP_SND: u32 = 0;
@@ -574,6 +575,11 @@ mod tests {
         d
     }
 
+    /// Append an `SO_TIMESTAMPING` message (software, legacy, hardware slots).
+    fn push_stamps(buf: &mut Vec<u8>, ts: [(i64, i64); 3]) {
+        push(buf, SOL_SOCKET, SO_TIMESTAMPING_OLD, &timespecs(ts));
+    }
+
     #[test]
     fn layout_matches_libc_macros() {
         // SAFETY: CMSG_LEN / CMSG_SPACE are pure arithmetic on their argument.
@@ -668,12 +674,7 @@ mod tests {
     #[test]
     fn software_slot_only() {
         let mut b = Vec::new();
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(1_700_000_000, 5), (0, 0), (0, 0)]),
-        );
+        push_stamps(&mut b, [(1_700_000_000, 5), (0, 0), (0, 0)]);
         let m = parse_rx_control(&b);
         assert_eq!(
             m.software,
@@ -690,12 +691,7 @@ mod tests {
     #[test]
     fn hardware_slot_only() {
         let mut b = Vec::new();
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(0, 0), (0, 0), (1_700_000_037, 999_999_999)]),
-        );
+        push_stamps(&mut b, [(0, 0), (0, 0), (1_700_000_037, 999_999_999)]);
         let m = parse_rx_control(&b);
         assert_eq!(m.software, None);
         assert_eq!(
@@ -726,12 +722,7 @@ mod tests {
     #[test]
     fn invalid_nanoseconds_are_not_a_stamp() {
         let mut b = Vec::new();
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(10, 1_000_000_000), (0, 0), (30, -1)]),
-        );
+        push_stamps(&mut b, [(10, 1_000_000_000), (0, 0), (30, -1)]);
         let m = parse_rx_control(&b);
         assert_eq!((m.software, m.hardware), (None, None));
     }
@@ -762,12 +753,7 @@ mod tests {
             tsp.extend_from_slice(&v.to_ne_bytes());
         }
         let mut b = Vec::new();
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(1, 2), (0, 0), (3, 4)]),
-        );
+        push_stamps(&mut b, [(1, 2), (0, 0), (3, 4)]);
         push(&mut b, SOL_SOCKET, SCM_TIMESTAMPING_PKTINFO, &tsp);
         push(&mut b, SOL_IPV6, IPV6_PKTINFO, &pi);
         let m = parse_rx_control(&b);
@@ -782,12 +768,7 @@ mod tests {
     #[test]
     fn errqueue_software_stamp() {
         let mut b = Vec::new();
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(1_700_000_001, 42), (0, 0), (0, 0)]),
-        );
+        push_stamps(&mut b, [(1_700_000_001, 42), (0, 0), (0, 0)]);
         push(
             &mut b,
             SOL_IP,
@@ -818,12 +799,7 @@ mod tests {
             IPV6_RECVERR,
             &ee(libc::ENOMSG as u32, 4, SCM_TSTAMP_SND, 7),
         );
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(100, 1), (0, 0), (137, 2)]),
-        );
+        push_stamps(&mut b, [(100, 1), (0, 0), (137, 2)]);
         let t = parse_errqueue_control(&b).unwrap();
         assert!(t.hardware);
         assert_eq!(t.time, KernelTime { sec: 137, nsec: 2 });
@@ -849,12 +825,7 @@ mod tests {
         assert_eq!(parse_errqueue_control(&b), None);
         // Extended error but all-zero stamps.
         let mut b = Vec::new();
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(0, 0), (0, 0), (0, 0)]),
-        );
+        push_stamps(&mut b, [(0, 0), (0, 0), (0, 0)]);
         push(
             &mut b,
             SOL_IP,
@@ -867,12 +838,7 @@ mod tests {
     #[test]
     fn truncated_and_garbage_input() {
         let mut b = Vec::new();
-        push(
-            &mut b,
-            SOL_SOCKET,
-            SO_TIMESTAMPING_OLD,
-            &timespecs([(1, 2), (0, 0), (3, 4)]),
-        );
+        push_stamps(&mut b, [(1, 2), (0, 0), (3, 4)]);
         push(
             &mut b,
             SOL_IP,

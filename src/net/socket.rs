@@ -218,28 +218,29 @@ pub fn readiness(fd: BorrowedFd<'_>) -> Readiness {
 // ---------------------------------------------------------------------------
 // SO_TIMESTAMPING.
 
-/// `SOF_TIMESTAMPING_*` flags (`include/uapi/linux/net_tstamp.h`).
+/// `SOF_TIMESTAMPING_*` flags (`include/uapi/linux/net_tstamp.h`), libc's
+/// under short names.
 pub mod sof {
     /// Generate hardware transmit stamps (we request it per message, not here).
-    pub const TX_HARDWARE: u32 = 1 << 0;
+    pub const TX_HARDWARE: u32 = libc::SOF_TIMESTAMPING_TX_HARDWARE;
     /// Generate software transmit stamps (we request it per message, not here).
-    pub const TX_SOFTWARE: u32 = 1 << 1;
+    pub const TX_SOFTWARE: u32 = libc::SOF_TIMESTAMPING_TX_SOFTWARE;
     /// Generate hardware receive stamps.
-    pub const RX_HARDWARE: u32 = 1 << 2;
+    pub const RX_HARDWARE: u32 = libc::SOF_TIMESTAMPING_RX_HARDWARE;
     /// Generate software receive stamps.
-    pub const RX_SOFTWARE: u32 = 1 << 3;
+    pub const RX_SOFTWARE: u32 = libc::SOF_TIMESTAMPING_RX_SOFTWARE;
     /// Report software stamps (slot 0).
-    pub const SOFTWARE: u32 = 1 << 4;
+    pub const SOFTWARE: u32 = libc::SOF_TIMESTAMPING_SOFTWARE;
     /// Report raw hardware stamps (slot 2).
-    pub const RAW_HARDWARE: u32 = 1 << 6;
+    pub const RAW_HARDWARE: u32 = libc::SOF_TIMESTAMPING_RAW_HARDWARE;
     /// Tag transmit stamps with a key (`ee_data`); needed for `SCM_TS_OPT_ID`.
-    pub const OPT_ID: u32 = 1 << 7;
+    pub const OPT_ID: u32 = libc::SOF_TIMESTAMPING_OPT_ID;
     /// Loop back transmit stamps without the packet.
-    pub const OPT_TSONLY: u32 = 1 << 11;
+    pub const OPT_TSONLY: u32 = libc::SOF_TIMESTAMPING_OPT_TSONLY;
     /// `SCM_TIMESTAMPING_PKTINFO` with hardware receive stamps.
-    pub const OPT_PKTINFO: u32 = 1 << 13;
+    pub const OPT_PKTINFO: u32 = libc::SOF_TIMESTAMPING_OPT_PKTINFO;
     /// Bind hardware stamps to a PHC virtual clock (`struct so_timestamping`).
-    pub const BIND_PHC: u32 = 1 << 15;
+    pub const BIND_PHC: u32 = libc::SOF_TIMESTAMPING_BIND_PHC;
 }
 
 /// What timestamping to enable on a socket.

@@ -31,26 +31,26 @@ use crate::protocol::{LeapIndicator, NtpShort};
 use std::io;
 
 /// `STA_INS`: insert a leap second at the next UTC midnight.
-pub const STA_INS: i32 = 0x0010;
+pub const STA_INS: i32 = libc::STA_INS;
 /// `STA_DEL`: delete a leap second at the next UTC midnight.
-pub const STA_DEL: i32 = 0x0020;
+pub const STA_DEL: i32 = libc::STA_DEL;
 /// `STA_UNSYNC`: the clock is not synchronised.
-pub const STA_UNSYNC: i32 = 0x0040;
+pub const STA_UNSYNC: i32 = libc::STA_UNSYNC;
 /// `STA_NANO`: `time` carries nanoseconds (else microseconds).
-pub const STA_NANO: i32 = 0x2000;
+pub const STA_NANO: i32 = libc::STA_NANO;
 
 /// `adjtimex` return value: clock synchronised, no leap second pending.
-pub const TIME_OK: i32 = 0;
+pub const TIME_OK: i32 = libc::TIME_OK;
 /// `adjtimex` return value: a leap second will be inserted at midnight.
-pub const TIME_INS: i32 = 1;
+pub const TIME_INS: i32 = libc::TIME_INS;
 /// `adjtimex` return value: a leap second will be deleted at midnight.
-pub const TIME_DEL: i32 = 2;
+pub const TIME_DEL: i32 = libc::TIME_DEL;
 /// `adjtimex` return value: a leap second is being inserted right now.
-pub const TIME_OOP: i32 = 3;
+pub const TIME_OOP: i32 = libc::TIME_OOP;
 /// `adjtimex` return value: a leap second has just happened.
-pub const TIME_WAIT: i32 = 4;
+pub const TIME_WAIT: i32 = libc::TIME_WAIT;
 /// `adjtimex` return value: the clock is not synchronised.
-pub const TIME_ERROR: i32 = 5;
+pub const TIME_ERROR: i32 = libc::TIME_ERROR;
 
 /// The kernel's maximum error at which it declares the clock unsynchronised
 /// (`NTP_PHASE_LIMIT`), in microseconds: 16 s.

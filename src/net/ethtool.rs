@@ -15,8 +15,7 @@ use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 use super::hwtstamp::{HwError, RxFilter, HWTSTAMP_TX_ON};
 use super::socket::sof;
 
-/// `SIOCETHTOOL`.
-const SIOCETHTOOL: libc::c_ulong = 0x8946;
+use libc::SIOCETHTOOL;
 /// `ETHTOOL_GSET` (legacy link settings).
 const ETHTOOL_GSET: u32 = 0x0000_0001;
 /// `ETHTOOL_GET_TS_INFO`.

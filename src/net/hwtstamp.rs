@@ -14,13 +14,12 @@ use nix::errno::Errno;
 
 use super::ethtool::{check_iface_name, ifreq_data_ioctl, ioctl_error};
 
-const SIOCSHWTSTAMP: libc::c_ulong = 0x89b0;
-const SIOCGHWTSTAMP: libc::c_ulong = 0x89b1;
+use libc::{SIOCGHWTSTAMP, SIOCSHWTSTAMP};
 
 /// `HWTSTAMP_TX_OFF`.
-pub const HWTSTAMP_TX_OFF: u32 = 0;
+pub const HWTSTAMP_TX_OFF: u32 = libc::HWTSTAMP_TX_OFF;
 /// `HWTSTAMP_TX_ON`.
-pub const HWTSTAMP_TX_ON: u32 = 1;
+pub const HWTSTAMP_TX_ON: u32 = libc::HWTSTAMP_TX_ON;
 
 /// A hardware receive filter (`HWTSTAMP_FILTER_*`): which received packets the NIC stamps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

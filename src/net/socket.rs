@@ -759,6 +759,30 @@ mod tests {
         }
     }
 
+    /// Enabling timestamps turns on a kernel static key from a work queue, so
+    /// on a busy machine the first datagrams after `enable_timestamping` can
+    /// come unstamped. Send warm-ups until one is stamped (at most 2 s).
+    fn wait_until_stamped(server: &OwnedFd, client: &UdpSocket, to: SocketAddr) {
+        let mut buf = [0u8; 64];
+        let mut control = CmsgBuffer::<256>::new();
+        for _ in 0..200 {
+            client.send_to(b"warm-up", to).unwrap();
+            assert!(
+                wait_for(server.as_fd(), libc::POLLIN),
+                "no warm-up datagram"
+            );
+            let r = recv_with_control(server.as_fd(), &mut buf, &mut control.0, 0).unwrap();
+            if parse_rx_control(&control.0[..r.control_len])
+                .software
+                .is_some()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("no receive timestamp within 2 s of enabling them");
+    }
+
     /// Full loopback round trip: RX software stamp and PKTINFO, a reply with a
     /// per-message TX request, then the TX stamp from the error queue.
     fn round_trip(server_addr: SocketAddr, client_bind: &str) {
@@ -776,6 +800,7 @@ mod tests {
         client
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
+        wait_until_stamped(&server, &client, server_addr);
 
         let before = now_nanos();
         client.send_to(b"request-48-bytes", server_addr).unwrap();

@@ -339,50 +339,45 @@ impl StepResult {
 
     fn json(&self) -> String {
         let c = &self.counters;
-        let j = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.3}"));
-        format!(
-            concat!(
-                "{{\"type\":\"step\",\"rate\":{},\"seconds\":{:.3},\"sent\":{},\"send_rate\":{:.1},",
-                "\"valid\":{},\"answered\":{:.6},\"kod\":{},\"bad_mode\":{},\"invalid\":{},\"dup\":{},",
-                "\"late\":{},\"lost\":{},\"interleaved\":{},\"truncated\":{},\"refused\":{},",
-                "\"rtt_us\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"p999\":{}}},",
-                "\"turnaround_us\":{{\"p50\":{},\"p99\":{}}},\"turnaround_samples\":{},\"turnaround_negative\":{},",
-                "\"cpu_us_per_reply\":{},\"server_cpu_util\":{},\"syscalls_per_reply\":{},",
-                "\"tx_estimate_error_us\":{{\"p50\":{},\"p99\":{}}},\"tx_estimate_samples\":{},",
-                "\"generator_cpu_util\":{:.3},\"generator_limited\":{}}}"
-            ),
-            self.rate,
-            self.seconds,
-            c.sent,
-            c.sent as f64 / self.seconds,
-            c.valid,
-            self.answered(),
-            c.kod,
-            c.bad_mode,
-            c.invalid,
-            c.dup,
-            c.late,
-            self.lost(),
-            c.interleaved,
-            c.truncated,
-            c.refused,
-            j(self.rtt[0]),
-            j(self.rtt[1]),
-            j(self.rtt[2]),
-            j(self.rtt[3]),
-            j(self.turnaround[0]),
-            j(self.turnaround[1]),
-            self.turnaround_samples,
-            c.turnaround_negative,
-            j(self.cpu_us_per_reply),
-            j(self.server_cpu_util),
-            j(self.syscalls_per_reply),
-            j(self.tx_estimate_error.map(|e| e.0[0])),
-            j(self.tx_estimate_error.map(|e| e.0[1])),
-            j(self.tx_estimate_error.map(|e| e.1)),
-            self.generator_cpu_util,
-            self.generator_limited(),
-        )
+        let est = self.tx_estimate_error;
+        serde_json::json!({
+            "type": "step",
+            "rate": self.rate,
+            "seconds": self.seconds,
+            "sent": c.sent,
+            "send_rate": c.sent as f64 / self.seconds,
+            "valid": c.valid,
+            "answered": self.answered(),
+            "kod": c.kod,
+            "bad_mode": c.bad_mode,
+            "invalid": c.invalid,
+            "dup": c.dup,
+            "late": c.late,
+            "lost": self.lost(),
+            "interleaved": c.interleaved,
+            "truncated": c.truncated,
+            "refused": c.refused,
+            "rtt_us": {
+                "p50": self.rtt[0],
+                "p90": self.rtt[1],
+                "p99": self.rtt[2],
+                "p999": self.rtt[3],
+            },
+            "turnaround_us": { "p50": self.turnaround[0], "p99": self.turnaround[1] },
+            "turnaround_samples": self.turnaround_samples,
+            "turnaround_negative": c.turnaround_negative,
+            "cpu_us_per_reply": self.cpu_us_per_reply,
+            "server_cpu_util": self.server_cpu_util,
+            "syscalls_per_reply": self.syscalls_per_reply,
+            "tx_estimate_error_us": {
+                "p50": est.map(|e| e.0[0]),
+                "p99": est.map(|e| e.0[1]),
+            },
+            "tx_estimate_samples": est.map(|e| e.1),
+            "generator_cpu_util": self.generator_cpu_util,
+            "generator_limited": self.generator_limited(),
+        })
+        .to_string()
     }
 }
 
@@ -802,17 +797,20 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
             break;
         }
     }
-    let best_s = best.map_or("null".to_string(), |b| format!("{b}"));
     println!(
         "summary: highest rate with >= {:.1}% answered: {} req/s ({steps} steps, {total} requests)",
         100.0 * args.threshold,
         best.map_or("none".to_string(), |b| format!("{b:.0}"))
     );
     if args.json {
-        println!(
-            "{{\"type\":\"summary\",\"max_rate_ok\":{best_s},\"threshold\":{},\"steps\":{steps},\"total_sent\":{total}}}",
-            args.threshold
-        );
+        let summary = serde_json::json!({
+            "type": "summary",
+            "max_rate_ok": best,
+            "threshold": args.threshold,
+            "steps": steps,
+            "total_sent": total,
+        });
+        println!("{summary}");
     }
     Ok(())
 }

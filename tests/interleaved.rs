@@ -218,31 +218,25 @@ fn chronyd_xleave_client_over_veth_gets_interleaved_replies() {
         .spawn()
         .unwrap();
     let sock = cdir.join("chronyd.sock");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let shows_interleaved = |ntpdata: &str| {
+        ntpdata
+            .lines()
+            .any(|l| l.starts_with("Interleaved") && l.contains("Yes"))
+    };
     let mut ntpdata = String::new();
-    while Instant::now() < deadline {
+    retry(Duration::from_secs(20), || {
         std::thread::sleep(Duration::from_millis(500));
         let out = Command::new("chronyc")
             .args(["-h", sock.to_str().unwrap(), "ntpdata"])
             .output()
             .unwrap();
         ntpdata = String::from_utf8_lossy(&out.stdout).into_owned();
-        if ntpdata
-            .lines()
-            .any(|l| l.starts_with("Interleaved") && l.contains("Yes"))
-        {
-            break;
-        }
-    }
+        shows_interleaved(&ntpdata).then_some(())
+    });
     let _ = chronyd.kill();
     let _ = chronyd.wait();
     eprintln!("chronyc ntpdata:\n{ntpdata}");
-    assert!(
-        ntpdata
-            .lines()
-            .any(|l| l.starts_with("Interleaved") && l.contains("Yes")),
-        "{ntpdata}"
-    );
+    assert!(shows_interleaved(&ntpdata), "{ntpdata}");
     let measurements = std::fs::read_to_string(cdir.join("measurements.log")).unwrap_or_default();
     assert!(
         measurements.contains(" 4I "),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -32,13 +32,10 @@ fn start_in_netns(net: &NetnsPair, name: &str, extra: &[&str]) -> Server {
     let (addr, client_ns) = (server.addr, net.client_ns.clone());
     let bind = format!("{}:0", net.client_v4);
     let ready = in_netns(&client_ns, move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if exchange_from(&bind, addr, &request(4, 3, 1), Duration::from_millis(200)).is_some() {
-                return true;
-            }
-        }
-        false
+        retry(Duration::from_secs(10), || {
+            exchange_from(&bind, addr, &request(4, 3, 1), Duration::from_millis(200))
+        })
+        .is_some()
     });
     assert!(
         ready,
@@ -64,6 +61,15 @@ fn can_run(tools: &[&str]) -> bool {
         }
     }
     true
+}
+
+/// A finished command's stdout followed by its stderr, as text.
+fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 /// Parse chronyd -Q's "System clock wrong by X seconds (ignored)".
@@ -94,11 +100,7 @@ fn chronyd_one_shot_accepts_hwntpd() {
             .arg(format!("server {target} iburst maxsamples 4"))
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = output_text(&out);
         let offset =
             chronyd_offset(&text).unwrap_or_else(|| panic!("chronyd -Q printed no offset: {text}"));
         eprintln!("chronyd -Q against {target}: offset {offset} s");
@@ -136,11 +138,7 @@ fn ntpdate_query(ns: &str, target: &str) {
         .args(["30", "ntpdate", "-q", target])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     assert!(out.status.success(), "ntpdate failed: {text}");
     // ntpsec's ntpdig prints e.g. "2026-11-22 04:30:00.123456 (+0000) +0.000012 +/- 0.000061 10.213.1.1 s1 no-leap"
     let offset: f64 = text
@@ -196,21 +194,16 @@ fn interface_without_hardware_timestamps_falls_back_and_says_so() {
     assert!(log.contains("hardware timestamping unavailable"), "{log}");
     assert!(log.contains("kernel software"), "{log}");
     // and --timestamping hardware refuses to start
-    let out = NetnsPair::cmd(&net.server_ns, env!("CARGO_BIN_EXE_hwntpd"))
-        .args([
-            "--listen",
-            "127.0.0.1:1123",
-            "--reference",
-            "local",
-            "--interface",
-            &dev,
-            "--timestamping",
-            "hardware",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(hwntpd_cmd(Some(&net.server_ns)).args([
+        "--listen",
+        "127.0.0.1:1123",
+        "--reference",
+        "local",
+        "--interface",
+        &dev,
+        "--timestamping",
+        "hardware",
+    ]));
     assert!(err.contains("--timestamping hardware"), "{err}");
 }
 
@@ -254,15 +247,12 @@ fn link_local_ipv6_replies_leave_from_the_right_address_and_interface() {
         let sock = std::net::UdpSocket::bind(local).unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(300)))
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
+        retry(Duration::from_secs(10), || {
             sock.send_to(&request(4, 3, 42), to).unwrap();
             let mut buf = [0u8; 64];
-            if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                return Some((n, from, to));
-            }
-        }
-        None
+            let (n, from) = sock.recv_from(&mut buf).ok()?;
+            Some((n, from, to))
+        })
     });
     let (n, from, to) =
         reply.unwrap_or_else(|| panic!("no reply over link-local IPv6; log:\n{}", server.log()));

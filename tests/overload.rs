@@ -55,13 +55,10 @@ fn answers_again_after_interleaved_overload() {
     nix::sched::sched_setaffinity(Pid::from_raw(0), &all).unwrap();
     let addr: std::net::SocketAddr = v4.parse().unwrap();
     let up = in_netns(&net.client_ns, move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if answered(addr, Duration::from_millis(100)) {
-                return true;
-            }
-        }
-        false
+        retry(Duration::from_secs(10), || {
+            answered(addr, Duration::from_millis(100)).then_some(())
+        })
+        .is_some()
     });
     assert!(up, "hwntpd did not start; log:\n{}", server.log());
 

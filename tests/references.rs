@@ -149,25 +149,15 @@ fn on_unsync_drop_means_silence() {
 
 #[test]
 fn phc_reference_without_a_phc_is_refused_clearly() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hwntpd"))
-        .args(["--listen", "127.0.0.1:0", "--reference", "phc"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(hwntpd_cmd(None).args(["--listen", "127.0.0.1:0", "--reference", "phc"]));
     assert!(err.contains("--reference phc needs --phc"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hwntpd"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--reference",
-            "phc",
-            "--phc",
-            "/dev/null",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refusal(hwntpd_cmd(None).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--reference",
+        "phc",
+        "--phc",
+        "/dev/null",
+    ]));
     assert!(err.contains("/dev/null"), "{err}");
 }

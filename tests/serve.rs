@@ -249,12 +249,8 @@ fn sigterm_and_sigint_stop_cleanly() {
 fn port_in_use_is_a_clear_error() {
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hwntpd"))
-        .args(["--listen", &addr.to_string(), "--reference", "local"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err =
+        refusal(hwntpd_cmd(None).args(["--listen", &addr.to_string(), "--reference", "local"]));
     assert!(err.contains("already in use"), "{err}");
     assert_eq!(
         err.lines().filter(|l| l.contains("error")).count(),
@@ -273,20 +269,18 @@ fn low_port_without_privilege_says_what_to_do() {
         ) {
             return;
         }
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--inh-caps=-all",
-                "--bounding-set=-all",
-            ])
-            .arg(env!("CARGO_BIN_EXE_hwntpd"))
-            .args(["--listen", "127.0.0.1:123", "--reference", "local"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
+        let err = refusal(
+            std::process::Command::new("setpriv")
+                .args([
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "--inh-caps=-all",
+                    "--bounding-set=-all",
+                ])
+                .arg(env!("CARGO_BIN_EXE_hwntpd"))
+                .args(["--listen", "127.0.0.1:123", "--reference", "local"]),
+        );
         assert!(
             err.contains("CAP_NET_BIND_SERVICE") && err.contains("root"),
             "{err}"

@@ -74,12 +74,7 @@ impl Server {
     ) -> Server {
         let stats = dir.join("stats.prom");
         let log = std::fs::File::create(dir.join("log")).unwrap();
-        let bin = env!("CARGO_BIN_EXE_hwntpd");
-        let mut cmd = match ns {
-            Some(ns) => NetnsPair::cmd(ns, bin),
-            None => Command::new(bin),
-        };
-        let child = cmd
+        let child = hwntpd_cmd(ns)
             .args(args)
             .args([
                 "--stats-file",
@@ -101,13 +96,12 @@ impl Server {
     }
 
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if query(self.addr, 4, 3, Duration::from_millis(100)).is_some() {
-                return;
-            }
+        let answered = retry(Duration::from_secs(10), || {
+            query(self.addr, 4, 3, Duration::from_millis(100))
+        });
+        if answered.is_none() {
+            panic!("hwntpd did not answer within 10 s; log:\n{}", self.log());
         }
-        panic!("hwntpd did not answer within 10 s; log:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
@@ -171,6 +165,36 @@ impl Drop for Server {
             let _ = c.wait();
         }
     }
+}
+
+/// The built hwntpd as a command (inside network namespace `ns` when given),
+/// with no arguments yet.
+pub fn hwntpd_cmd(ns: Option<&str>) -> Command {
+    let bin = env!("CARGO_BIN_EXE_hwntpd");
+    match ns {
+        Some(ns) => NetnsPair::cmd(ns, bin),
+        None => Command::new(bin),
+    }
+}
+
+/// Run `cmd` (hwntpd, perhaps behind a wrapper) to the end: it must refuse to
+/// start, that is exit unsuccessfully. Returns what it wrote to stderr.
+pub fn refusal(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Call `attempt` again and again until it returns `Some` (which is returned)
+/// or `within` has passed (`None`).
+pub fn retry<T>(within: Duration, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(v) = attempt() {
+            return Some(v);
+        }
+    }
+    None
 }
 
 pub fn stat(s: &HashMap<String, u64>, key: &str) -> u64 {

@@ -25,12 +25,35 @@ pub fn read_tx_timestamps(
     fd: BorrowedFd<'_>,
     out: &mut impl FnMut(TxTimestamp),
 ) -> io::Result<usize> {
+    drain_tx_timestamps(fd, out, MAX_PER_CALL).map(|d| d.delivered)
+}
+
+/// What [`drain_tx_timestamps`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Transmit timestamps passed on.
+    pub delivered: usize,
+    /// `recvmsg` calls made (messages read, plus the one that found the
+    /// queue empty).
+    pub syscalls: usize,
+}
+
+/// Like [`read_tx_timestamps`], but reads until the error queue is empty or
+/// `max_messages` messages were read. Entries left behind would hold the
+/// socket's receive memory until the next transmit timestamp wakes a reader,
+/// so a reader that waits for wake-ups should empty the queue.
+pub fn drain_tx_timestamps(
+    fd: BorrowedFd<'_>,
+    out: &mut impl FnMut(TxTimestamp),
+    max_messages: usize,
+) -> io::Result<Drained> {
     // SCM_TIMESTAMPING (64) + IP(V6)_RECVERR with the offender address (64)
     // + room for IP_PKTINFO / OPT_STATS should OPT_CMSG ever be enabled.
     let mut control = CmsgBuffer::<512>::new();
     let mut data = [0u8; 64];
-    let mut delivered = 0;
-    for _ in 0..MAX_PER_CALL {
+    let mut d = Drained::default();
+    for _ in 0..max_messages {
+        d.syscalls += 1;
         let r = match recv_with_control(
             fd,
             &mut data,
@@ -43,10 +66,10 @@ pub fn read_tx_timestamps(
         };
         if let Some(ts) = parse_errqueue_control(&control.0[..r.control_len]) {
             out(ts);
-            delivered += 1;
+            d.delivered += 1;
         }
     }
-    Ok(delivered)
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -61,5 +84,50 @@ mod tests {
         let mut n = 0;
         assert_eq!(read_tx_timestamps(fd.as_fd(), &mut |_| n += 1).unwrap(), 0);
         assert_eq!(n, 0);
+    }
+
+    /// More stamps than one [`read_tx_timestamps`] call takes: the drain
+    /// empties the queue, and counts its system calls.
+    #[test]
+    fn drain_empties_a_queue_longer_than_one_call() {
+        use crate::net::cmsg::{build_reply_control, TxTsRequest, REPLY_CONTROL_SPACE};
+        use crate::net::socket::{
+            enable_timestamping, send_with_control, set_recv_buffer, TimestampingConfig,
+        };
+        let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        // Error-queue entries count against the receive buffer: room for all.
+        let rcvbuf = set_recv_buffer(fd.as_fd(), 4 << 20).unwrap();
+        assert!(rcvbuf >= 1 << 20, "receive buffer {rcvbuf}");
+        enable_timestamping(
+            fd.as_fd(),
+            &TimestampingConfig {
+                tx_software: true,
+                tsonly: true,
+                ..TimestampingConfig::default()
+            },
+        )
+        .unwrap();
+        let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = sink.local_addr().unwrap();
+        let mut control = [0u8; REPLY_CONTROL_SPACE];
+        let req = TxTsRequest {
+            software: true,
+            hardware: false,
+            opt_id: None,
+        };
+        let n = build_reply_control(&mut control, None, Some(req));
+        let sent = MAX_PER_CALL + 44;
+        for _ in 0..sent {
+            send_with_control(fd.as_fd(), b"x", to, &control[..n]).unwrap();
+        }
+        let mut got = 0;
+        let d = drain_tx_timestamps(fd.as_fd(), &mut |_| got += 1, 64 * MAX_PER_CALL).unwrap();
+        assert_eq!((d.delivered, got), (sent, sent));
+        assert_eq!(
+            d.syscalls,
+            sent + 1,
+            "one per message, one that found it empty"
+        );
+        assert_eq!(read_tx_timestamps(fd.as_fd(), &mut |_| ()).unwrap(), 0);
     }
 }

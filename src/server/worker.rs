@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use crate::net::addr::parse_sockaddr;
 use crate::net::cmsg::{
     build_reply_control, parse_rx_control, KernelTime, TxTimestamp, TxTsRequest,
 };
-use crate::net::errqueue::{read_tx_timestamps, MAX_PER_CALL};
+use crate::net::errqueue::{drain_tx_timestamps, MAX_PER_CALL};
 use crate::net::socket::readiness;
 use crate::net::uring::{
     BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing,
@@ -448,14 +448,8 @@ impl Worker {
             }
             KIND_POLLERR if socket < self.sockets.len() => {
                 self.sockets[socket].tx_watch.saw_completion();
+                self.drain_error_queue(socket);
                 let fd = self.sockets[socket].fd;
-                let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
-                let mut n = 0u64;
-                let _ = read_tx_timestamps(cfg.sockets[socket].fd.as_fd(), &mut |ts| {
-                    n += 1;
-                    handle_tx_timestamp(sock, cfg, &ts);
-                });
-                add(&self.cfg.stats.other_syscalls, n + 1);
                 if !c.more() {
                     self.ring.arm_poll_err(fd, tag(KIND_POLLERR, socket, 0))?;
                 }
@@ -675,9 +669,11 @@ impl Worker {
         Ok(())
     }
 
-    fn warn_stall(&self, what: &str, socket: usize, count: u64) {
-        // The first time, then at powers of two: a persistent fault stays visible
-        // without flooding the log.
+    /// Count a stall in `counter` and log it: the first time, then at powers
+    /// of two, so a persistent fault stays visible without flooding the log.
+    fn note_stall(&self, what: &str, socket: usize, counter: &AtomicU64) {
+        bump(counter);
+        let count = counter.load(Ordering::Relaxed);
         if count.is_power_of_two() {
             tracing::warn!(
                 worker = self.cfg.id,
@@ -688,15 +684,22 @@ impl Worker {
         }
     }
 
+    /// Read the socket's error queue until it is empty (bounded), matching
+    /// every transmit timestamp to its reply.
+    fn drain_error_queue(&mut self, socket: usize) {
+        let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
+        // A queue holds at most the receive buffer's worth of entries.
+        let max = 64 * MAX_PER_CALL;
+        let fd = cfg.sockets[socket].fd.as_fd();
+        if let Ok(d) = drain_tx_timestamps(fd, &mut |ts| handle_tx_timestamp(sock, cfg, &ts), max) {
+            add(&cfg.stats.other_syscalls, d.syscalls as u64);
+        }
+    }
+
     /// Cancel the socket's silent multishot receive; its last completion (or
     /// the cancel's, when none was in flight) re-arms it.
     fn recover_receive(&mut self, socket: usize) -> std::io::Result<()> {
-        bump(&self.cfg.stats.recv_stalls);
-        self.warn_stall(
-            "receive",
-            socket,
-            self.cfg.stats.recv_stalls.load(Ordering::Relaxed),
-        );
+        self.note_stall("receive", socket, &self.cfg.stats.recv_stalls);
         self.ring
             .cancel(tag(KIND_RECV, socket, 0), tag(KIND_CANCEL, socket, 0))
     }
@@ -704,22 +707,12 @@ impl Worker {
     /// Read the socket's error queue directly (every entry, timestamps matched
     /// as usual), then restart the transmit-timestamp command.
     fn recover_tx_timestamps(&mut self, socket: usize) -> std::io::Result<()> {
-        bump(&self.cfg.stats.tx_ts_stalls);
-        self.warn_stall(
+        self.note_stall(
             "transmit-timestamp collection",
             socket,
-            self.cfg.stats.tx_ts_stalls.load(Ordering::Relaxed),
+            &self.cfg.stats.tx_ts_stalls,
         );
-        let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
-        let fd = cfg.sockets[socket].fd.as_fd();
-        // Bounded: a queue is at most the receive buffer's worth of entries.
-        for _ in 0..256 {
-            bump(&cfg.stats.other_syscalls);
-            match read_tx_timestamps(fd, &mut |ts| handle_tx_timestamp(sock, cfg, &ts)) {
-                Ok(n) if n >= MAX_PER_CALL => continue,
-                _ => break,
-            }
-        }
+        self.drain_error_queue(socket);
         if let Some(tx) = &mut self.tx_ring {
             tx.cancel(tag(KIND_TXTS, socket, 0), tag(KIND_CANCEL, socket, 0))?;
             tx.submit()?;

@@ -58,13 +58,7 @@ BUILD=${ACC_BUILD:-1}
 OUT=${ACC_OUT:-$ROOT/target/accuracy/$(date +%Y%m%d-%H%M%S)}
 
 HWNTPD=$ROOT/target/release/hwntpd
-NS_SRV=hwacc-srv-$$
-NS_CLI=hwacc-cli-$$
-VETH_SRV=hwas$$
-VETH_CLI=hwac$$
-SRV_IP=198.18.1.1
-CLI_IP=198.18.1.2
-PORT=123
+netns_names hwacc hwa 198.18.1
 SRV_PID=
 CLI_PID=
 SLEEP_PID=
@@ -77,13 +71,11 @@ cleanup() {
     [ -n "$SLEEP_PID" ] && kill "$SLEEP_PID" 2>/dev/null
     stop_pid "$CLI_PID"
     stop_pid "$SRV_PID"
-    ip netns del "$NS_SRV" 2>/dev/null || true
-    ip netns del "$NS_CLI" 2>/dev/null || true
+    remove_veth_pair "$NS_SRV" "$NS_CLI"
     [ -n "$SOCKDIR" ] && rm -rf "$SOCKDIR"
     return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap_cleanup cleanup
 
 # --- checks and tools -------------------------------------------------------
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
@@ -97,15 +89,10 @@ for run in $RUNS; do
     *) die "unknown run '$run' in ACC_RUNS (SERVER:MODE, hwntpd|chronyd : basic|xleave)" ;;
     esac
 done
-for tool in ip taskset python3 timeout; do
-    command -v "$tool" >/dev/null || die "$tool is missing"
-done
+require_tools ip taskset python3 timeout
 [ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and client will share one"
 
-if ! command -v chronyd >/dev/null || ! command -v chronyc >/dev/null; then
-    log "installing chrony"
-    install_pkg chrony || die "cannot install chrony"
-fi
+have_or_install chrony chronyd chronyc || die "cannot install chrony"
 CHRONYD=$(command -v chronyd)
 CHRONYC=$(command -v chronyc)
 log "$("$CHRONYD" --version | head -n1)"
@@ -145,15 +132,7 @@ start_server() {
         # A stratum-1 server on its own clock. No clock control (-x); no rate
         # limit (ratelimit is off unless configured); the client log stays on
         # (the default), which chronyd needs to answer in interleaved mode.
-        cat >"$dir/server.conf" <<EOF
-port $PORT
-bindaddress $SRV_IP
-allow all
-local stratum 1
-cmdport 0
-bindcmdaddress /
-pidfile $SOCKDIR/server.pid
-EOF
+        chrony_server_conf "$SRV_IP" "$PORT" "$SOCKDIR/server.pid" >"$dir/server.conf"
         in_srv "$CHRONYD" -x -d -u root -f "$dir/server.conf" >"$dir/server.log" 2>&1 &
         SRV_PID=$!
         ;;

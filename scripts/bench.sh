@@ -59,13 +59,7 @@ OUT=${OUT:-$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)}
 
 BENCH=$ROOT/target/release/hwntpd-bench
 HWNTPD=${HWNTPD:-$ROOT/target/release/hwntpd}
-NS_SRV=hwb-srv-$$
-NS_CLI=hwb-cli-$$
-VETH_SRV=hwbs$$
-VETH_CLI=hwbc$$
-SRV_IP=198.18.0.1
-CLI_IP=198.18.0.2
-PORT=123
+netns_names hwb hwb 198.18.0
 SRV_PID=
 STRACE_PID=
 
@@ -74,22 +68,18 @@ STRACE_PID=
 cleanup() {
     stop_pid "$STRACE_PID"
     stop_pid "$SRV_PID"
-    ip netns del "$NS_SRV" 2>/dev/null || true
-    ip netns del "$NS_CLI" 2>/dev/null || true
+    remove_veth_pair "$NS_SRV" "$NS_CLI"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap_cleanup cleanup
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, taskset, strace)"
-for tool in ip taskset python3; do
-    command -v "$tool" >/dev/null || die "$tool is missing"
-done
+require_tools ip taskset python3
 [ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and generator will share one"
 
 case " $SERVERS " in *" chronyd "*)
-    command -v chronyd >/dev/null || { log "installing chrony"; install_pkg chrony || die "cannot install chrony"; } ;;
+    have_or_install chrony chronyd || die "cannot install chrony" ;;
 esac
-command -v strace >/dev/null || { log "installing strace"; install_pkg strace || log "no strace: skipping the strace check"; }
+have_or_install strace strace || log "no strace: skipping the strace check"
 
 if [ "$BUILD" = 1 ]; then
     log "building release binaries"
@@ -136,17 +126,11 @@ start_server() {
         if [ "$name" = hwntpd-xl ]; then LOAD_ARGS=(--interleaved); fi
         ;;
     chronyd)
-        cat >"$OUT/chrony.conf" <<EOF
-# a stratum-1 server on its own clock; no clock control (-x), no rate limit
-# (ratelimit is off unless configured), no command port or socket
-port $PORT
-bindaddress $SRV_IP
-allow all
-local stratum 1
-cmdport 0
-bindcmdaddress /
-pidfile $OUT/chronyd.pid
-EOF
+        {
+            echo "# a stratum-1 server on its own clock; no clock control (-x), no rate limit"
+            echo "# (ratelimit is off unless configured), no command port or socket"
+            chrony_server_conf "$SRV_IP" "$PORT" "$OUT/chronyd.pid"
+        } >"$OUT/chrony.conf"
         in_srv chronyd -x -d -u root -f "$OUT/chrony.conf" >"$OUT/chronyd.log" 2>&1 &
         SRV_PID=$!
         ;;

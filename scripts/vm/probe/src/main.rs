@@ -394,6 +394,22 @@ fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
     sa
 }
 
+fn bind_v4(sock: &Fd, ip: Ipv4Addr, port: u16) -> io::Result<()> {
+    let sa = sockaddr(ip, port);
+    // SAFETY: `sa` is a live sockaddr_in of the size passed.
+    let r = unsafe {
+        libc::bind(
+            sock.0,
+            (&sa as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as _,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn setsockopt_u32(sock: &Fd, level: libc::c_int, opt: libc::c_int, val: u32) -> io::Result<()> {
     // SAFETY: `val` is a live u32 and its size is passed.
     let r = unsafe {
@@ -531,17 +547,7 @@ fn send_checks(iface: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16, count: u32)
             format!("SO_TIMESTAMPING: {}", errno_name(&e)),
         );
     }
-    let sa = sockaddr(src, 0);
-    // SAFETY: `sa` is a live sockaddr_in of the size passed.
-    if unsafe {
-        libc::bind(
-            sock.0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as _,
-        )
-    } != 0
-    {
-        let e = io::Error::last_os_error();
+    if let Err(e) = bind_v4(&sock, src, 0) {
         return check(
             "udp-tx-hw-timestamp",
             false,
@@ -652,17 +658,7 @@ fn recv_checks(bind: Ipv4Addr, port: u16, count: u32, timeout: Duration) {
             format!("SO_TIMESTAMPING: {}", errno_name(&e)),
         );
     }
-    let sa = sockaddr(bind, port);
-    // SAFETY: `sa` is a live sockaddr_in of the size passed.
-    if unsafe {
-        libc::bind(
-            sock.0,
-            (&sa as *const libc::sockaddr_in).cast(),
-            size_of::<libc::sockaddr_in>() as _,
-        )
-    } != 0
-    {
-        let e = io::Error::last_os_error();
+    if let Err(e) = bind_v4(&sock, bind, port) {
         return check(
             "udp-rx",
             false,

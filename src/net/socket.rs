@@ -706,13 +706,7 @@ mod tests {
     #[test]
     fn enable_timestamping_reads_back() {
         let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let cfg = TimestampingConfig {
-            rx_software: true,
-            tx_software: true,
-            opt_id: true,
-            tsonly: true,
-            ..Default::default()
-        };
+        let cfg = SOFTWARE_RX_TX;
         let set = enable_timestamping(fd.as_fd(), &cfg).unwrap();
         let mut got = [0u32; 2];
         let mut len = std::mem::size_of_val(&got) as libc::socklen_t;
@@ -759,6 +753,18 @@ mod tests {
         }
     }
 
+    /// Software receive stamps, and keyed transmit reports without the packet.
+    const SOFTWARE_RX_TX: TimestampingConfig = TimestampingConfig {
+        rx_software: true,
+        rx_hardware: false,
+        tx_software: true,
+        tx_hardware: false,
+        opt_id: true,
+        tsonly: true,
+        pktinfo: false,
+        bind_phc: None,
+    };
+
     /// Enabling timestamps turns on a kernel static key from a work queue, so
     /// on a busy machine the first datagrams after `enable_timestamping` can
     /// come unstamped. Send warm-ups until one is stamped (at most 2 s).
@@ -787,14 +793,7 @@ mod tests {
     /// per-message TX request, then the TX stamp from the error queue.
     fn round_trip(server_addr: SocketAddr, client_bind: &str) {
         let server = bind_udp(server_addr, false).unwrap();
-        let cfg = TimestampingConfig {
-            rx_software: true,
-            tx_software: true,
-            opt_id: true,
-            tsonly: true,
-            ..Default::default()
-        };
-        enable_timestamping(server.as_fd(), &cfg).unwrap();
+        enable_timestamping(server.as_fd(), &SOFTWARE_RX_TX).unwrap();
         let server_addr = local_addr(server.as_fd()).unwrap();
         let client = UdpSocket::bind(client_bind).unwrap();
         client

@@ -46,6 +46,11 @@ impl Supervisor {
             notify_failed: false,
         };
         let status = s.judge(now);
+        if status.healthy {
+            tracing::info!(reason = %status.reason, "healthy");
+        } else {
+            tracing::warn!(reason = %status.reason, "unhealthy: /healthz answers 503");
+        }
         let line = s.status_line(&status);
         s.exporter.health.store(status);
         s.notify(&[NotifyState::Ready, NotifyState::Status(&line)]);

@@ -319,6 +319,37 @@ fn user_drops_root_in_every_thread_and_still_serves() {
         let h = query(s.addr, 4, 3, T).expect("answers after the switch");
         assert_eq!(h.stratum, 1);
     }
+    // Interleaved mode: transmit timestamps through the ring after the switch.
+    let (mut server_rx, mut local_rx) = (0u64, 0u64);
+    for _ in 0..5 {
+        let mut req = request(4, 3, 0);
+        req[24..32].copy_from_slice(&server_rx.to_be_bytes());
+        req[32..40].copy_from_slice(&local_rx.to_be_bytes());
+        req[40..48].copy_from_slice(&now_ntp().to_bits().to_be_bytes());
+        let reply = exchange(s.addr, &req, T).expect("an interleaved exchange");
+        local_rx = now_ntp().to_bits();
+        server_rx = hwntpd::protocol::packet::Header::parse(&reply)
+            .unwrap()
+            .receive
+            .to_bits();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = s.wait_stats("interleaved replies with kernel TX timestamps", |st| {
+        st.get("hwntpd_replies_total{mode=\"interleaved\"}")
+            .copied()
+            .unwrap_or(0)
+            >= 3
+            && st
+                .get("hwntpd_tx_timestamps_total{source=\"kernel\"}")
+                .copied()
+                .unwrap_or(0)
+                >= 3
+    });
+    eprintln!(
+        "after the switch: {} interleaved replies, {} kernel TX timestamps",
+        st["hwntpd_replies_total{mode=\"interleaved\"}"],
+        st["hwntpd_tx_timestamps_total{source=\"kernel\"}"]
+    );
     let st = s.wait_stats("20 replies", |st| {
         st.get("hwntpd_replies_total{mode=\"basic\"}")
             .copied()

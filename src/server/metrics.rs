@@ -254,7 +254,7 @@ impl Exporter {
         f.gauge(
             "hwntpd_start_time_seconds",
             "",
-            "Start time of the process, seconds since the Unix epoch.",
+            "When the server started serving, seconds since the Unix epoch.",
             self.start_time,
         );
         f.finish()

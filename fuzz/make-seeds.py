@@ -7,7 +7,8 @@ layout of a target). Layouts (see each target's doc comment):
   recvmsg: io_uring_recvmsg_out (4 x u32), 28 octets of name, 256 of
            control, then the payload;
   cmsg:    control data (struct cmsghdr + data, 8-aligned, x86_64/aarch64);
-  config:  arguments separated by newlines.
+  config:  arguments separated by newlines;
+  policy:  lines: "allow CIDR" / "deny CIDR" rules, rate-limit values.
 Native byte order is little-endian (x86_64, aarch64), as the fixtures of
 src/net/cmsg.rs assume.
 """
@@ -240,8 +241,24 @@ def config_seeds():
     write("config", "refid-stratum1", bytes([1]) + b"PPS")
 
 
+def policy_seeds():
+    seeds = {
+        "allow-deny-v4": "allow 10.0.0.0/8\ndeny 10.1.0.0/16\nallow 10.1.2.3\n",
+        "deny-only": "deny 192.0.2.0/24\ndeny 198.51.100.7/32\n",
+        "v6-and-mapped": "allow 2001:db8::/32\ndeny 2001:db8:1::/48\n"
+                         "deny ::ffff:192.0.2.0/120\nallow ::ffff:0:0/96\n",
+        "same-prefix-tie": "allow 203.0.113.0/24\ndeny 203.0.113.0/24\n",
+        "everything": "allow 0.0.0.0/0\ndeny ::/0\nallow fe80::/10\n",
+        "host-bits": "allow 10.9.8.7/8\nallow 2001:db8::1/64\n",
+        "bad-lines": "allow 10.0.0.0/33\ndeny ::/129\npermit 1.2.3.4\nallow\nallow x\n",
+        "rate-values": "3\n-4\n12\n-5\n13\n8\n1\n255\n0\n2\n4\n5\n",
+    }
+    for name, text in seeds.items():
+        write("policy", name, text.encode())
+
+
 def main():
-    targets = sys.argv[1:] or ["respond", "recvmsg", "cmsg", "config"]
+    targets = sys.argv[1:] or ["respond", "recvmsg", "cmsg", "config", "policy"]
     for t in targets:
         globals()[t + "_seeds"]()
 

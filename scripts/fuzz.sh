@@ -35,8 +35,8 @@ fi
 
 targets=${FUZZ_TARGETS:-$(cargo +nightly fuzz list --fuzz-dir fuzz)}
 t0=$(date +%s)
-# Release with debug assertions (overflow checks) and AddressSanitizer: the
-# cargo-fuzz defaults.
+# Release with debug assertions and overflow checks (-a), AddressSanitizer
+# (the cargo-fuzz default).
 cargo +nightly fuzz build --fuzz-dir fuzz --debug-assertions
 echo "fuzz.sh: built in $(($(date +%s) - t0)) s"
 bin_dir=fuzz/target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release

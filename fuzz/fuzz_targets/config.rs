@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
         .chain(text.split(['\0', '\n']))
         .collect();
     if let Ok(args) = Args::try_parse_from(&argv) {
+        // (Not worker_count(): it reads the cgroup's CPU limit from /sys.)
         assert!(!args.listen_addrs().is_empty());
-        assert!(args.worker_count() >= 1);
         if let Some(w) = args.workers {
             assert!((1..=1024).contains(&w));
         }

@@ -169,6 +169,8 @@ pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError>
     if reuseport {
         setsockopt(&fd, sockopt::ReusePort, &true).map_err(err("setsockopt(SO_REUSEPORT)"))?;
     }
+    // Each datagram then tells how many the socket dropped for a full buffer.
+    setsockopt(&fd, sockopt::RxqOvfl, &1).map_err(err("setsockopt(SO_RXQ_OVFL)"))?;
     let sa = SockaddrStorage::from(addr);
     socket::bind(fd.as_raw_fd(), &sa).map_err(err("bind"))?;
     Ok(fd)

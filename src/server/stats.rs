@@ -120,6 +120,22 @@ counters! {
     tx_ts_stalls => "hwntpd_stalls_total", "what=\"tx_timestamps\"", "Times the watchdog found transmit-timestamp collection silent with the error queue not empty, drained it and restarted the collection.";
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
+    enter_eintr => "hwntpd_worker_errors_total", "kind=\"enter_eintr\"", "io_uring_enter interrupted by a signal (EINTR); retried.";
+    enter_eagain => "hwntpd_worker_errors_total", "kind=\"enter_eagain\"", "io_uring_enter refused for lack of kernel resources (EAGAIN); retried.";
+    enter_ebusy => "hwntpd_worker_errors_total", "kind=\"enter_ebusy\"", "io_uring_enter refused while completions wait (EBUSY); completions reaped, retried.";
+    enter_fatal => "hwntpd_worker_errors_total", "kind=\"enter_other\"", "io_uring_enter failed otherwise (the worker is restarted).";
+    cq_overflow => "hwntpd_worker_errors_total", "kind=\"cq_overflow\"", "Turns that found the completion queue overflowed (the kernel held completions back until reaped).";
+    cq_dropped => "hwntpd_worker_errors_total", "kind=\"cq_dropped\"", "Completions the kernel dropped (the worker is restarted: in-flight state is unknown).";
+    sq_full => "hwntpd_worker_errors_total", "kind=\"sq_full\"", "Requests that found the submission queue full and could not be submitted (a reply dropped, or a receive re-armed later).";
+    send_enobufs => "hwntpd_worker_errors_total", "kind=\"send_enobufs\"", "Sends refused with ENOBUFS (device or socket queue full).";
+    send_eperm => "hwntpd_worker_errors_total", "kind=\"send_eperm\"", "Sends refused with EPERM (a firewall rule).";
+    send_eagain => "hwntpd_worker_errors_total", "kind=\"send_eagain\"", "Sends refused with EAGAIN (send buffer full).";
+    send_other => "hwntpd_worker_errors_total", "kind=\"send_other\"", "Sends refused with another errno.";
+    recv_enobufs => "hwntpd_worker_errors_total", "kind=\"recv_enobufs\"", "Multishot receives ended because every receive buffer was in use (re-armed).";
+    recv_other => "hwntpd_worker_errors_total", "kind=\"recv_other\"", "Receive completions with another errno.";
+    restarts => "hwntpd_worker_restarts_total", "", "Workers restarted after an error they could not recover from (ring rebuilt, sockets kept).";
+    socket_overflow => "hwntpd_socket_overflow_drops_total", "", "Datagrams the kernel dropped because a socket's receive buffer was full (SO_RXQ_OVFL).";
+    stale_requests => "hwntpd_stale_requests_total", "", "Requests dropped unanswered because they waited in the socket longer than --max-request-age-ms.";
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.
@@ -194,6 +210,23 @@ impl StatsSnapshot {
         self.replies_basic + self.replies_interleaved + self.replies_kod
     }
 
+    /// Run-time errors workers met and handled (`hwntpd_worker_errors_total`, all kinds).
+    pub fn worker_errors(&self) -> u64 {
+        self.enter_eintr
+            + self.enter_eagain
+            + self.enter_ebusy
+            + self.enter_fatal
+            + self.cq_overflow
+            + self.cq_dropped
+            + self.sq_full
+            + self.send_enobufs
+            + self.send_eperm
+            + self.send_eagain
+            + self.send_other
+            + self.recv_enobufs
+            + self.recv_other
+    }
+
     /// One summary line for the log.
     pub fn summary(&self) -> String {
         let mut drops = String::new();
@@ -205,7 +238,8 @@ impl StatsSnapshot {
         }
         format!(
             "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
-             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} drops={}{}",
+             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} errors={} restarts={} \
+             socket_overflow={} stale={} drops={}{}",
             self.received,
             self.total_replies(),
             self.replies_basic,
@@ -224,6 +258,10 @@ impl StatsSnapshot {
             self.truncated,
             self.recv_stalls,
             self.tx_ts_stalls,
+            self.worker_errors(),
+            self.restarts,
+            self.socket_overflow,
+            self.stale_requests,
             self.total_drops(),
             drops
         )

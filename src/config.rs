@@ -113,7 +113,8 @@ fn parse_stratum(s: &str) -> Result<u8, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "hwntpd", version, about, long_about = None)]
 pub struct Args {
-    /// Address and port to serve on (repeatable). Default: `0.0.0.0:123` and `[::]:123`.
+    /// Address and port to serve on (repeatable; the same address twice is an
+    /// error). Default: `0.0.0.0:123` and `[::]:123`.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 

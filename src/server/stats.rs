@@ -334,6 +334,41 @@ mod tests {
     }
 
     #[test]
+    fn worker_errors_export_as_one_family() {
+        let a = WorkerStats::default();
+        bump(&a.send_eperm);
+        add(&a.enter_ebusy, 2);
+        bump(&a.restarts);
+        add(&a.socket_overflow, 7);
+        let total = sum([&a]);
+        assert_eq!(total.worker_errors(), 3);
+        let text = total.to_prometheus();
+        assert_eq!(text.matches("# TYPE hwntpd_worker_errors_total").count(), 1);
+        let kv = parse_prometheus(&text);
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"send_eperm\"}"),
+            Some(1)
+        );
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"enter_ebusy\"}"),
+            Some(2)
+        );
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"cq_dropped\"}"),
+            Some(0)
+        );
+        assert_eq!(get("hwntpd_worker_restarts_total"), Some(1));
+        assert_eq!(get("hwntpd_socket_overflow_drops_total"), Some(7));
+        assert_eq!(get("hwntpd_stale_requests_total"), Some(0));
+        let line = total.summary();
+        assert!(
+            line.contains("errors=3 restarts=1 socket_overflow=7 stale=0"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn estimate_error_histogram() {
         let a = WorkerStats::default();
         let b = WorkerStats::default();

@@ -159,6 +159,9 @@ pub struct Guards {
     pub max_request_age_ns: u64,
     /// The host's subnet-broadcast addresses.
     pub broadcasts: LocalBroadcasts,
+    /// Per socket, the `SO_RXQ_OVFL` count already counted: carried over a
+    /// restart (the sockets are kept, their count goes on), empty at first.
+    pub drops_seen: Vec<u32>,
 }
 
 #[cfg(test)]

@@ -1377,6 +1377,18 @@ mod tests {
                 |s| s.recv_other,
             ),
             (
+                "a multishot receive cancelled",
+                Box::new(|f| {
+                    f.complete(Cqe {
+                        user_data: tag(KIND_RECV, 0, 0),
+                        result: -libc::ECANCELED,
+                        flags: 0,
+                        extra: [0; 2],
+                    })
+                }),
+                |s| s.recv_rearms,
+            ),
+            (
                 "a full submission queue",
                 Box::new(|f| f.fail_push()),
                 |s| s.sq_full,

@@ -6,6 +6,7 @@
 //! * [`net`]: the Linux layer: sockets, `SO_TIMESTAMPING`, control messages,
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
+//! * [`policy`]: access lists and rate limits (who is served, how often).
 //! * [`config`]: the command line.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -13,5 +14,6 @@
 pub mod clock;
 pub mod config;
 pub mod net;
+pub mod policy;
 pub mod protocol;
 pub mod server;

@@ -60,6 +60,9 @@ pub struct Policy {
     pub aggregation: Aggregation,
 }
 
+/// A worker's cached view of the current [`Policy`].
+pub type PolicyCache = arc_swap::Cache<Arc<ArcSwap<Policy>>, Arc<Policy>>;
+
 /// The verdict on one request, for the worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -78,7 +81,7 @@ pub struct Decision {
 /// Everything the workers share: the current [`Policy`], the client table and
 /// the DENY KoD limiter.
 pub struct Shared {
-    policy: ArcSwap<Policy>,
+    policy: Arc<ArcSwap<Policy>>,
     /// Per-client records.
     pub clients: ClientTable,
     deny_kods: DenyKodLimiter,
@@ -89,15 +92,21 @@ impl Shared {
     pub fn new(policy: Policy, table_entries: usize) -> Self {
         let hash = KeyedHash::random();
         Shared {
-            policy: ArcSwap::from_pointee(policy),
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
             clients: ClientTable::new(table_entries, hash),
             deny_kods: DenyKodLimiter::new(KeyedHash::random()),
         }
     }
 
-    /// The swap cell (workers keep an `arc_swap::Cache` of it).
-    pub fn cell(&self) -> &ArcSwap<Policy> {
-        &self.policy
+    /// The swap cell (workers keep a [`PolicyCache`] of it).
+    pub fn cell(&self) -> Arc<ArcSwap<Policy>> {
+        self.policy.clone()
+    }
+
+    /// A worker's cache of the current policy: a load is one atomic read and
+    /// a compare while the policy is unchanged.
+    pub fn cache(&self) -> PolicyCache {
+        arc_swap::Cache::new(self.cell())
     }
 
     /// The current policy (allocation-free, lock-free).

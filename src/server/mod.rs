@@ -171,6 +171,12 @@ pub fn run(args: &Args) -> Result<()> {
             "socket receive buffers"
         );
     }
+    let policy = args.policy().map_err(anyhow::Error::msg)?;
+    let shared = Arc::new(crate::policy::Shared::new(
+        policy,
+        args.client_table_entries as usize,
+    ));
+    log_policy(&shared);
     let table = (args.interleave_entries > 0)
         .then(|| Arc::new(InterleaveTable::new(args.interleave_entries)));
     if let Some(t) = &table {
@@ -214,6 +220,7 @@ pub fn run(args: &Args) -> Result<()> {
             sockets,
             state: cell.clone(),
             table: table.clone(),
+            policy: Some(shared.clone()),
             stats: st,
             stop: stop.clone(),
             tx_mode: plan.tx_mode,
@@ -265,13 +272,17 @@ pub fn run(args: &Args) -> Result<()> {
         "serving NTP"
     );
 
+    let tables = Tables {
+        policy: shared,
+        interleave: table,
+    };
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if Instant::now() >= next {
             next += interval;
-            report(&stats, args.stats_file.as_deref(), true);
+            report(&stats, &tables, args.stats_file.as_deref(), true);
         }
     }
     tracing::info!("stopping");
@@ -281,12 +292,64 @@ pub fn run(args: &Args) -> Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    report(&stats, args.stats_file.as_deref(), true);
+    report(&stats, &tables, args.stats_file.as_deref(), true);
     Ok(())
 }
 
-fn report(stats: &[Arc<WorkerStats>], file: Option<&Path>, log: bool) -> StatsSnapshot {
-    let total = stats::sum(stats.iter().map(|s| s.as_ref()));
+/// Say in the log what the access list and rate limit are, and the client
+/// table's memory.
+fn log_policy(shared: &crate::policy::Shared) {
+    let p = shared.load();
+    tracing::info!(
+        entries = shared.clients.capacity(),
+        memory_kib = shared.clients.memory_bytes() / 1024,
+        "client table (rate limits, interleaved-mode entry allowances; shared by all workers)"
+    );
+    match &p.rate_limit {
+        Some(r) => tracing::info!(
+            interval = r.interval,
+            burst = r.burst,
+            leak = r.leak,
+            kod = r.kod,
+            prefix_v4 = p.aggregation.v4,
+            prefix_v6 = p.aggregation.v6,
+            "rate limiting on"
+        ),
+        None => tracing::info!("rate limiting off"),
+    }
+    if !p.acl.is_empty() {
+        tracing::info!(
+            rules = p.acl.len(),
+            memory_kib = p.acl.memory_bytes() / 1024,
+            deny_action = ?p.deny_action,
+            "access list"
+        );
+    }
+}
+
+/// The shared tables whose fill the statistics report.
+struct Tables {
+    policy: Arc<crate::policy::Shared>,
+    interleave: Option<Arc<InterleaveTable>>,
+}
+
+fn report(
+    stats: &[Arc<WorkerStats>],
+    tables: &Tables,
+    file: Option<&Path>,
+    log: bool,
+) -> StatsSnapshot {
+    let mut total = stats::sum(stats.iter().map(|s| s.as_ref()));
+    let clients = &tables.policy.clients;
+    total.tables.client_table_used = clients.used() as u64;
+    total.tables.client_table_capacity = clients.capacity() as u64;
+    if let Some(t) = &tables.interleave {
+        let now = crate::clock::realtime::now_unix();
+        let now = crate::protocol::NtpTimestamp::from_unix(now.0, now.1);
+        total.tables.interleave_live =
+            t.live(crate::policy::ratelimit::ticks_from_ntp(now.to_bits())) as u64;
+        total.tables.interleave_capacity = t.capacity() as u64;
+    }
     if log {
         tracing::info!("stats: {}", total.summary());
     }

@@ -27,6 +27,7 @@ macro_rules! counters {
             pub estimate_error_ns: AtomicU64,
         }
 
+
         /// A plain-number copy of the counters (one worker, or the sum of all).
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct StatsSnapshot {
@@ -37,6 +38,8 @@ macro_rules! counters {
             pub estimate_error: [u64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
             /// The sum of those errors, in ns.
             pub estimate_error_ns: u64,
+            /// Table fill (see [`TableGauges`]).
+            pub tables: TableGauges,
         }
 
         impl WorkerStats {
@@ -49,6 +52,7 @@ macro_rules! counters {
                         self.estimate_error[i].load(Ordering::Relaxed)
                     }),
                     estimate_error_ns: self.estimate_error_ns.load(Ordering::Relaxed),
+                    tables: TableGauges::default(),
                 }
             }
         }
@@ -64,6 +68,11 @@ macro_rules! counters {
                     *a += b;
                 }
                 self.estimate_error_ns += other.estimate_error_ns;
+                let (a, b) = (&mut self.tables, &other.tables);
+                a.client_table_used += b.client_table_used;
+                a.client_table_capacity += b.client_table_capacity;
+                a.interleave_live += b.interleave_live;
+                a.interleave_capacity += b.interleave_capacity;
             }
 
             /// The counters in the Prometheus text exposition format.
@@ -87,6 +96,7 @@ macro_rules! counters {
                     let _ = writeln!(out, "hwntpd_drops_total{{reason=\"{}\"}} {}", r.name(), self.drops[r as usize]);
                 }
                 self.write_estimate_histogram(&mut out);
+                self.write_table_gauges(&mut out);
                 out
             }
         }
@@ -120,6 +130,26 @@ counters! {
     tx_ts_stalls => "hwntpd_stalls_total", "what=\"tx_timestamps\"", "Times the watchdog found transmit-timestamp collection silent with the error queue not empty, drained it and restarted the collection.";
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
+    kod_rate => "hwntpd_kod_total", "code=\"rate\"", "RATE Kiss-o'-Death replies sent (rate limit).";
+    kod_deny => "hwntpd_kod_total", "code=\"deny\"", "DENY Kiss-o'-Death replies sent (access list).";
+    rate_leaked => "hwntpd_rate_limit_leaked_total", "", "Requests over their rate limit answered anyway (one in 2^leak).";
+    client_inserts => "hwntpd_client_table_records_total", "event=\"inserted\"", "Client-table records made in an empty slot.";
+    client_replacements => "hwntpd_client_table_records_total", "event=\"replaced\"", "Client-table records made in place of the idlest of a full bucket.";
+    interleave_full => "hwntpd_interleave_entries_refused_total", "why=\"bucket_due\"", "Interleaved-mode entries not stored because every slot of their bucket was still due.";
+    interleave_over_limit => "hwntpd_interleave_entries_refused_total", "why=\"over_limit\"", "Interleaved-mode entries not made because the source was over its rate limit or entry allowance.";
+}
+
+/// Gauges of shared tables (set by the reporter, not by workers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableGauges {
+    /// Records of the client table in use.
+    pub client_table_used: u64,
+    /// Records of the client table.
+    pub client_table_capacity: u64,
+    /// Interleaved-mode entries whose client is still due.
+    pub interleave_live: u64,
+    /// Interleaved-mode table slots.
+    pub interleave_capacity: u64,
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.
@@ -184,6 +214,32 @@ impl StatsSnapshot {
         let _ = writeln!(out, "{m}_count {cumulative}");
     }
 
+    fn write_table_gauges(&self, out: &mut String) {
+        let t = &self.tables;
+        let _ = writeln!(out, "# TYPE hwntpd_client_table_records gauge");
+        let _ = writeln!(
+            out,
+            "hwntpd_client_table_records{{state=\"used\"}} {}",
+            t.client_table_used
+        );
+        let _ = writeln!(
+            out,
+            "hwntpd_client_table_records{{state=\"capacity\"}} {}",
+            t.client_table_capacity
+        );
+        let _ = writeln!(out, "# TYPE hwntpd_interleave_entries gauge");
+        let _ = writeln!(
+            out,
+            "hwntpd_interleave_entries{{state=\"due\"}} {}",
+            t.interleave_live
+        );
+        let _ = writeln!(
+            out,
+            "hwntpd_interleave_entries{{state=\"capacity\"}} {}",
+            t.interleave_capacity
+        );
+    }
+
     /// Total requests dropped by the protocol core.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
@@ -205,7 +261,8 @@ impl StatsSnapshot {
         }
         format!(
             "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
-             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} drops={}{}",
+             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} \
+             kod rate/deny={}/{} leaked={} clients used/replaced={}/{} drops={}{}",
             self.received,
             self.total_replies(),
             self.replies_basic,
@@ -224,6 +281,11 @@ impl StatsSnapshot {
             self.truncated,
             self.recv_stalls,
             self.tx_ts_stalls,
+            self.kod_rate,
+            self.kod_deny,
+            self.rate_leaked,
+            self.tables.client_table_used,
+            self.client_replacements,
             self.total_drops(),
             drops
         )

@@ -27,12 +27,15 @@ use crate::net::uring::{
     BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing,
     IORING_CQE_F_TSTAMP_HW, SEND_PAYLOAD_MAX,
 };
+use crate::policy::ratelimit::ticks_from_ntp;
+use crate::policy::{self, PolicyCache};
 use crate::protocol::packet::set_transmit;
 use crate::protocol::server::{
-    respond, Admission, Decision, DropReason, NoInterleave, ReplyKind, RequestContext,
+    classify, respond, Admission, Decision, DropReason, KissCode, NoInterleave, ReplyKind,
+    RequestContext,
 };
 use crate::protocol::NtpTimestamp;
-use crate::server::interleave::InterleaveTable;
+use crate::server::interleave::{due_tick, Insert, InterleaveTable};
 use crate::server::stats::{add, bump, WorkerStats};
 use crate::server::txstamps::{Completion, PendingTx, SendLatency, Sent};
 use crate::server::watchdog::{Watchdog, WATCHDOG_INTERVAL_MS};
@@ -75,6 +78,9 @@ pub struct WorkerConfig {
     pub state: Arc<StateCell>,
     /// The interleaved-mode table shared by all workers (`None`: interleaved off).
     pub table: Option<Arc<InterleaveTable>>,
+    /// Access list, rate limit and client table shared by all workers
+    /// (`None`: everyone served, interleaved-mode entries for every source).
+    pub policy: Option<Arc<policy::Shared>>,
     /// This worker's counters.
     pub stats: Arc<WorkerStats>,
     /// Set to stop.
@@ -167,6 +173,8 @@ struct Queued {
     want_tx: bool,
     interleave: bool,
     tx_key: u32,
+    /// The request's poll exponent (how long its interleaved entry stays due).
+    poll: i8,
 }
 
 /// What kind of reply a send slot carries, for counting on completion.
@@ -175,7 +183,7 @@ enum SlotKind {
     #[default]
     Basic,
     Interleaved,
-    Kod,
+    Kod(KissCode),
 }
 
 /// A running worker's loop state.
@@ -190,6 +198,10 @@ pub struct Worker {
     sockets: Vec<SocketState>,
     batch: Vec<Queued>,
     cqes: Vec<Cqe>,
+    /// This worker's view of the shared policy.
+    policy: Option<PolicyCache>,
+    /// Randomness for the rate limiter's leak.
+    rng: u32,
     cfg: WorkerConfig,
 }
 
@@ -234,6 +246,9 @@ impl Worker {
             sockets,
             batch: Vec::with_capacity(usize::from(n_slots)),
             cqes: vec![Cqe::default(); cfg.ring.cq_entries as usize],
+            policy: cfg.policy.as_ref().map(|p| p.cache()),
+            // Any non-zero seed; different per worker and per run.
+            rng: (realtime::now_unix().1 ^ (cfg.id as u32).wrapping_mul(0x9e37_79b9)) | 1,
             cfg,
         };
         for i in 0..w.sockets.len() {
@@ -436,7 +451,14 @@ impl Worker {
                     {
                         SlotKind::Basic => bump(&s.replies_basic),
                         SlotKind::Interleaved => bump(&s.replies_interleaved),
-                        SlotKind::Kod => bump(&s.replies_kod),
+                        SlotKind::Kod(code) => {
+                            bump(&s.replies_kod);
+                            match code {
+                                KissCode::Rate => bump(&s.kod_rate),
+                                KissCode::Deny => bump(&s.kod_deny),
+                                KissCode::Rstr => {}
+                            }
+                        }
                     }
                 }
             }
@@ -503,6 +525,39 @@ impl Worker {
             bump(&stats.rx_ts_user);
             wake
         };
+        // The access list, then the rate limit (SERVER-SPEC's order), for
+        // well-formed requests only: garbage never touches the client table.
+        let mut admission = Admission::Allow;
+        // Whether a reply may make an interleaved-mode entry (None: ask the
+        // per-source allowance if it wants one).
+        let mut entry_ok = None;
+        let now_tick = ticks_from_ntp(wake.to_bits());
+        if let (Some(shared), Some(cache)) = (&self.cfg.policy, &mut self.policy) {
+            let policy = cache.load();
+            if policy::Shared::active(policy) {
+                if let Err(reason) = classify(msg.payload, &source) {
+                    bump(&stats.drops[reason as usize]);
+                    return;
+                }
+                let d = shared.admit(
+                    policy,
+                    source.ip(),
+                    now_tick,
+                    policy::xorshift32(&mut self.rng),
+                );
+                if d.table.inserted {
+                    bump(&stats.client_inserts);
+                }
+                if d.table.replaced {
+                    bump(&stats.client_replacements);
+                }
+                if d.leaked {
+                    bump(&stats.rate_leaked);
+                }
+                admission = d.admission;
+                entry_ok = d.interleave;
+            }
+        }
         let Some(slot) = self.slots.alloc() else {
             bump(&stats.send_queue_full);
             return;
@@ -511,7 +566,7 @@ impl Worker {
             receive_time,
             transmit_time: wake,
             source,
-            admission: Admission::Allow,
+            admission,
             interleave: self.cfg.table.is_some(),
         };
         let state = self.cfg.state.load();
@@ -542,12 +597,34 @@ impl Worker {
                 }
                 (SlotKind::Interleaved, false)
             }
-            ReplyKind::Kod(_) => (SlotKind::Kod, false),
+            ReplyKind::Kod(code) => (SlotKind::Kod(code), false),
         };
         self.slot_kind[usize::from(slot)] = kind;
         let tx_on = self.cfg.tx_mode != TxTimestampMode::Off;
+        let mut interleave = reply.want_tx_timestamp && tx_on;
+        if interleave {
+            // Entries only for sources within their limits (with rate limiting
+            // off: within the per-source entry allowance).
+            let allowed = match (entry_ok, &self.cfg.policy, &mut self.policy) {
+                (Some(ok), _, _) => ok,
+                (None, Some(shared), Some(cache)) => {
+                    let (ok, t) = shared.interleave_allowed(cache.load(), source.ip(), now_tick);
+                    if t.inserted {
+                        bump(&stats.client_inserts);
+                    }
+                    if t.replaced {
+                        bump(&stats.client_replacements);
+                    }
+                    ok
+                }
+                _ => true,
+            };
+            if !allowed {
+                bump(&stats.interleave_over_limit);
+                interleave = false;
+            }
+        }
         let sock = &mut self.sockets[socket];
-        let interleave = reply.want_tx_timestamp && tx_on;
         let calibrate = !interleave
             && patch
             && tx_on
@@ -579,6 +656,7 @@ impl Worker {
             want_tx,
             interleave,
             tx_key,
+            poll: msg.payload.get(2).map_or(0, |&p| p as i8),
         });
     }
 
@@ -589,6 +667,7 @@ impl Worker {
             return Ok(());
         }
         let now = self.served_now();
+        let now_tick = ticks_from_ntp(now.to_bits());
         let sent_at = Instant::now();
         for i in 0..self.batch.len() {
             let q = self.batch[i];
@@ -620,7 +699,11 @@ impl Worker {
                 bump(&self.cfg.stats.tx_ts_requested);
                 if let (true, Some(t)) = (q.interleave, &self.cfg.table) {
                     // Low bit 1: only an estimate until the exact time comes.
-                    t.insert(q.served_receive, NtpTimestamp(transmit.to_bits() | 1));
+                    let due = due_tick(now_tick, q.poll);
+                    let entry = NtpTimestamp(transmit.to_bits() | 1);
+                    if t.insert(q.served_receive, entry, now_tick, due) == Insert::Full {
+                        bump(&self.cfg.stats.interleave_full);
+                    }
                 }
             }
             let fd = self.sockets[q.socket].fd;
@@ -896,6 +979,7 @@ mod tests {
                 NtpTimestamp(1 << 40),
             ))),
             table: Some(Arc::new(InterleaveTable::new(1 << 10))),
+            policy: None,
             stats: stats.clone(),
             stop: stop.clone(),
             tx_mode: if uring_cmd {

@@ -219,7 +219,7 @@ pub struct Args {
     pub rate_limit: bool,
 
     /// log2 of the average spacing in seconds allowed between replies to one
-    /// client (-4..12; default 3: one per 8 s). Implies --rate-limit.
+    /// client (-10..12; default 3: one per 8 s). Implies --rate-limit.
     #[arg(long, value_name = "N", allow_hyphen_values = true,
           value_parser = crate::policy::ratelimit::parse_interval)]
     pub rate_limit_interval: Option<i8>,
@@ -428,7 +428,7 @@ mod tests {
         let a = Args::try_parse_from(["hwntpd", "--rate-limit-interval", "-4"]).unwrap();
         assert_eq!(a.policy().unwrap().rate_limit.unwrap().interval, -4);
         for bad in [
-            &["--rate-limit-interval", "-5"][..],
+            &["--rate-limit-interval", "-11"][..],
             &["--rate-limit-interval", "13"],
             &["--rate-limit-burst", "0"],
             &["--rate-limit-leak", "5"],

@@ -51,8 +51,9 @@ pub fn ticks_from_ntp(bits: u64) -> u32 {
     (bits >> (32 - TICK_BITS)) as u32
 }
 
-/// Smallest interval the command line accepts (chrony: -19 with coarse steps).
-pub const MIN_INTERVAL_ARG: i8 = -4;
+/// Smallest interval the command line accepts: 1024 replies/s (chrony goes
+/// to -19 with coarse steps; -4 is the smallest a real client needs).
+pub const MIN_INTERVAL_ARG: i8 = -10;
 /// Smallest interval the table supports (one tick per reply).
 pub const MIN_INTERVAL: i8 = -(TICK_BITS as i8);
 /// Largest interval (log2 seconds).
@@ -666,7 +667,8 @@ mod tests {
     #[test]
     fn parsers() {
         assert_eq!(parse_interval("-4"), Ok(-4));
-        assert!(parse_interval("-5").is_err() && parse_interval("13").is_err());
+        assert_eq!(parse_interval("-10"), Ok(-10));
+        assert!(parse_interval("-11").is_err() && parse_interval("13").is_err());
         assert!(parse_burst("0").is_err() && parse_burst("256").is_err());
         assert_eq!(parse_burst("255"), Ok(255));
         assert!(parse_leak("0").is_err() && parse_leak("5").is_err());

@@ -28,8 +28,9 @@
 #                          SERVERS may also name hwntpd-xl: hwntpd again, with the
 #                          generator speaking interleaved mode (kernel TX timestamps),
 #                          and hwntpd-policy: hwntpd with an access list of 1000 prefixes
-#                          and rate limiting on (interval -10, burst 255: every source
-#                          of the generator stays within it), compared with hwntpd
+#                          and rate limiting on (interval -10, burst 255: 1024 replies/s
+#                          per source address, so give CLIENTS >= SOURCES >= the highest
+#                          rate / 1000 to keep the generator within it), compared with hwntpd
 #   SOURCES                the generator's client sockets are spread over this many
 #                          source addresses (198.18.1.0/24, routed to the generator's
 #                          namespace), for every server     default 256
@@ -196,7 +197,7 @@ strace_check() {
     sleep 0.5
     in_cli "$BENCH" load --server "$SRV_IP:$PORT" --rate "$STRACE_RATE" --duration "$STRACE_SECS" \
         --clients "$CLIENTS" --batch "$BATCH" --json --stop-after-fail 0 "${LOAD_ARGS[@]}" \
-        >"$OUT/$name.strace-load.txt" 2>&1 || true
+        "${SOURCE_ARGS[@]}" >"$OUT/$name.strace-load.txt" 2>&1 || true
     kill -INT "$STRACE_PID" 2>/dev/null || true
     wait "$STRACE_PID" 2>/dev/null || true
     STRACE_PID=

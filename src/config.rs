@@ -251,7 +251,7 @@ pub struct Args {
     /// rounded up to a power of two; the idlest record of a full bucket is
     /// replaced). Holds the rate-limit state and the per-source allowance of
     /// interleaved-mode entries.
-    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(8..=(1 << 28)))]
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(8..=(1 << 26)))]
     pub client_table_entries: u64,
 
     /// Basic replies: add the smallest recently measured send latency (kernel or

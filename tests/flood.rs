@@ -36,6 +36,14 @@ use hwntpd::protocol::NtpTimestamp;
 use nix::sched::CpuSet;
 use nix::unistd::Pid;
 
+/// The two tests load the same two cores: one at a time, whatever
+/// `--test-threads` says.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -240,6 +248,7 @@ fn valid_clients_served_through_garbage_and_rate_abuse() {
     if skip_unless(is_root(), "needs root (network namespaces, port 123)") {
         return;
     }
+    let _one_at_a_time = serial();
     let secs = env_u64("FLOOD_SECS", 20).clamp(5, 60);
     let rate = env_u64("FLOOD_RATE", 20_000);
     let net = NetnsPair::new("fl");
@@ -549,6 +558,7 @@ fn interleaved_mode_survives_an_odd_origin_flood() {
     if skip_unless(is_root(), "needs root (network namespaces, port 123)") {
         return;
     }
+    let _one_at_a_time = serial();
     let net = NetnsPair::new("xf");
     let prefix = add_client_addrs(&net, (10..20).chain([201]));
     for (name, extra) in [

@@ -7,6 +7,7 @@
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
 //! * [`policy`]: access lists and rate limits (who is served, how often).
+//! * [`sys`]: process credentials (the privilege drop after start-up).
 //! * [`config`]: the command line.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -17,3 +18,4 @@ pub mod net;
 pub mod policy;
 pub mod protocol;
 pub mod server;
+pub mod sys;

@@ -3,8 +3,11 @@
 // layer's (src/net/).
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod interleave;
+pub mod metrics;
 pub mod stats;
+pub mod supervisor;
 pub mod timestamping;
 pub mod txstamps;
 pub mod watchdog;
@@ -30,8 +33,10 @@ use crate::net::socket::{bind_udp, set_recv_buffer};
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
+use metrics::Exporter;
 use stats::{StatsSnapshot, WorkerStats};
 use std::os::fd::AsFd;
+use supervisor::Supervisor;
 use worker::{Worker, WorkerConfig, WorkerSocket};
 
 /// Build the reference configuration from the command line.
@@ -272,19 +277,40 @@ pub fn run(args: &Args) -> Result<()> {
         "serving NTP"
     );
 
-    let tables = Tables {
-        policy: shared,
-        interleave: table,
-    };
+    // Metrics endpoint (bound while still privileged), privilege drop, then
+    // systemd's READY=1 and the health/watchdog supervision.
+    let exporter = Arc::new(Exporter {
+        stats,
+        state: cell.clone(),
+        reference: reference.kind.to_string(),
+        domains: phc_path.is_some().then(|| domains.clone()),
+        table: table.clone(),
+        policy: Some(shared.clone()),
+        health: health::HealthCell::new(),
+        timestamping: plan.summary(),
+        start_time: crate::clock::realtime::now_unix().0 as f64,
+    });
+    if let Some(addr) = args.metrics_listen {
+        threads.push(metrics::spawn_endpoint(
+            addr,
+            exporter.clone(),
+            stop.clone(),
+        )?);
+    }
+    supervisor::drop_privileges(args.user.as_deref())?;
+    let mut supervisor = Supervisor::start(exporter.clone());
+
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(supervisor::TICK);
+        supervisor.tick(Instant::now());
         if Instant::now() >= next {
             next += interval;
-            report(&stats, &tables, args.stats_file.as_deref(), true);
+            report(&exporter, args.stats_file.as_deref(), true);
         }
     }
+    supervisor.stopping();
     tracing::info!("stopping");
     for h in handles {
         let _ = h.join();
@@ -292,7 +318,7 @@ pub fn run(args: &Args) -> Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    report(&stats, &tables, args.stats_file.as_deref(), true);
+    report(&exporter, args.stats_file.as_deref(), true);
     Ok(())
 }
 
@@ -327,34 +353,14 @@ fn log_policy(shared: &crate::policy::Shared) {
     }
 }
 
-/// The shared tables whose fill the statistics report.
-struct Tables {
-    policy: Arc<crate::policy::Shared>,
-    interleave: Option<Arc<InterleaveTable>>,
-}
-
-fn report(
-    stats: &[Arc<WorkerStats>],
-    tables: &Tables,
-    file: Option<&Path>,
-    log: bool,
-) -> StatsSnapshot {
-    let mut total = stats::sum(stats.iter().map(|s| s.as_ref()));
-    let clients = &tables.policy.clients;
-    total.tables.client_table_used = clients.used() as u64;
-    total.tables.client_table_capacity = clients.capacity() as u64;
-    if let Some(t) = &tables.interleave {
-        let now = crate::clock::realtime::now_unix();
-        let now = crate::protocol::NtpTimestamp::from_unix(now.0, now.1);
-        total.tables.interleave_live =
-            t.live(crate::policy::ratelimit::ticks_from_ntp(now.to_bits())) as u64;
-        total.tables.interleave_capacity = t.capacity() as u64;
-    }
+fn report(exporter: &Exporter, file: Option<&Path>, log: bool) -> StatsSnapshot {
+    let total = exporter.totals();
     if log {
         tracing::info!("stats: {}", total.summary());
     }
     if let Some(path) = file {
-        if let Err(e) = write_atomically(path, total.to_prometheus().as_bytes()) {
+        let text = metrics::encode(&exporter.families_with(&total));
+        if let Err(e) = write_atomically(path, text.as_bytes()) {
             tracing::warn!(path = %path.display(), "cannot write stats file: {e}");
         }
     }

@@ -9,7 +9,21 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::metrics::Families;
 use crate::protocol::server::DropReason;
+
+/// How one plain counter of [`WorkerStats`] is exported.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterInfo {
+    /// The field's name.
+    pub field: &'static str,
+    /// The metric (family) name, with its `_total` suffix.
+    pub metric: &'static str,
+    /// The series' labels as Prometheus text (`mode="basic"`), or "".
+    pub labels: &'static str,
+    /// What it counts.
+    pub help: &'static str,
+}
 
 macro_rules! counters {
     ($( $field:ident => $metric:literal, $label:literal, $help:literal; )*) => {
@@ -27,7 +41,6 @@ macro_rules! counters {
             pub estimate_error_ns: AtomicU64,
         }
 
-
         /// A plain-number copy of the counters (one worker, or the sum of all).
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
         pub struct StatsSnapshot {
@@ -38,8 +51,6 @@ macro_rules! counters {
             pub estimate_error: [u64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
             /// The sum of those errors, in ns.
             pub estimate_error_ns: u64,
-            /// Table fill (see [`TableGauges`]).
-            pub tables: TableGauges,
         }
 
         impl WorkerStats {
@@ -52,7 +63,6 @@ macro_rules! counters {
                         self.estimate_error[i].load(Ordering::Relaxed)
                     }),
                     estimate_error_ns: self.estimate_error_ns.load(Ordering::Relaxed),
-                    tables: TableGauges::default(),
                 }
             }
         }
@@ -68,38 +78,26 @@ macro_rules! counters {
                     *a += b;
                 }
                 self.estimate_error_ns += other.estimate_error_ns;
-                let (a, b) = (&mut self.tables, &other.tables);
-                a.client_table_used += b.client_table_used;
-                a.client_table_capacity += b.client_table_capacity;
-                a.interleave_live += b.interleave_live;
-                a.interleave_capacity += b.interleave_capacity;
             }
 
-            /// The counters in the Prometheus text exposition format.
+            /// The counters in the Prometheus text exposition format (the
+            /// same encoder as the metrics endpoint: [`super::metrics`]).
             pub fn to_prometheus(&self) -> String {
-                let mut out = String::new();
-                let mut last = "";
-                $(
-                    if last != $metric {
-                        let _ = writeln!(out, "# TYPE {} counter", $metric);
-                        last = $metric;
-                    }
-                    if $label.is_empty() {
-                        let _ = writeln!(out, "{} {}", $metric, self.$field);
-                    } else {
-                        let _ = writeln!(out, "{}{{{}}} {}", $metric, $label, self.$field);
-                    }
-                )*
-                let _ = last;
-                let _ = writeln!(out, "# TYPE hwntpd_drops_total counter");
-                for r in DropReason::ALL {
-                    let _ = writeln!(out, "hwntpd_drops_total{{reason=\"{}\"}} {}", r.name(), self.drops[r as usize]);
-                }
-                self.write_estimate_histogram(&mut out);
-                self.write_table_gauges(&mut out);
-                out
+                let mut f = Families::default();
+                self.add_families(&mut f);
+                super::metrics::encode(&f.finish())
+            }
+
+            /// Every plain counter with its description, in declaration order.
+            pub fn counter_values(&self) -> impl Iterator<Item = (&'static CounterInfo, u64)> {
+                COUNTERS.iter().zip([$( self.$field, )*])
             }
         }
+
+        /// How each plain counter of [`WorkerStats`] is exported, in declaration order.
+        pub const COUNTERS: &[CounterInfo] = &[
+            $( CounterInfo { field: stringify!($field), metric: $metric, labels: $label, help: $help }, )*
+        ];
     };
 }
 
@@ -137,19 +135,7 @@ counters! {
     client_replacements => "hwntpd_client_table_records_total", "event=\"replaced\"", "Client-table records made in place of the idlest of a full bucket.";
     interleave_full => "hwntpd_interleave_entries_refused_total", "why=\"bucket_due\"", "Interleaved-mode entries not stored because every slot of their bucket was still due.";
     interleave_over_limit => "hwntpd_interleave_entries_refused_total", "why=\"over_limit\"", "Interleaved-mode entries not made because the source was over its rate limit or entry allowance.";
-}
-
-/// Gauges of shared tables (set by the reporter, not by workers).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TableGauges {
-    /// Records of the client table in use.
-    pub client_table_used: u64,
-    /// Records of the client table.
-    pub client_table_capacity: u64,
-    /// Interleaved-mode entries whose client is still due.
-    pub interleave_live: u64,
-    /// Interleaved-mode table slots.
-    pub interleave_capacity: u64,
+    watchdog_checks => "hwntpd_watchdog_checks_total", "", "Socket watchdog checks made by the workers (each worker about every 100 ms, busy or idle: its heartbeat).";
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.
@@ -177,66 +163,41 @@ impl WorkerStats {
     }
 }
 
-/// Nanoseconds as exact decimal seconds ("0.000001", "3.5", "0").
-fn seconds(ns: u64) -> String {
-    let frac = format!("{:09}", ns % 1_000_000_000);
-    let frac = frac.trim_end_matches('0');
-    if frac.is_empty() {
-        format!("{}", ns / 1_000_000_000)
-    } else {
-        format!("{}.{frac}", ns / 1_000_000_000)
-    }
-}
-
 impl StatsSnapshot {
-    fn write_estimate_histogram(&self, out: &mut String) {
-        let m = ESTIMATE_ERROR_METRIC;
-        let _ = writeln!(
-            out,
-            "# HELP {m} |exact transmit time - the transmit estimate a basic reply carries|, \
-             for every reply whose exact transmit time was measured."
-        );
-        let _ = writeln!(out, "# TYPE {m} histogram");
-        let mut cumulative = 0;
-        for (i, n) in self.estimate_error.iter().enumerate() {
-            cumulative += n;
-            match ESTIMATE_ERROR_BUCKETS_NS.get(i) {
-                Some(&le) => {
-                    let le = seconds(le);
-                    let _ = writeln!(out, "{m}_bucket{{le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{m}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
+    /// Add every counter, the drops by reason and the transmit-estimate
+    /// histogram to `f`. Counters added to the `counters!` table are exported
+    /// with no further work.
+    pub fn add_families(&self, f: &mut Families) {
+        for (info, value) in self.counter_values() {
+            f.counter(info.metric, info.labels, info.help, value);
         }
-        let _ = writeln!(out, "{m}_sum {}", seconds(self.estimate_error_ns));
-        let _ = writeln!(out, "{m}_count {cumulative}");
-    }
-
-    fn write_table_gauges(&self, out: &mut String) {
-        let t = &self.tables;
-        let _ = writeln!(out, "# TYPE hwntpd_client_table_records gauge");
-        let _ = writeln!(
-            out,
-            "hwntpd_client_table_records{{state=\"used\"}} {}",
-            t.client_table_used
-        );
-        let _ = writeln!(
-            out,
-            "hwntpd_client_table_records{{state=\"capacity\"}} {}",
-            t.client_table_capacity
-        );
-        let _ = writeln!(out, "# TYPE hwntpd_interleave_entries gauge");
-        let _ = writeln!(
-            out,
-            "hwntpd_interleave_entries{{state=\"due\"}} {}",
-            t.interleave_live
-        );
-        let _ = writeln!(
-            out,
-            "hwntpd_interleave_entries{{state=\"capacity\"}} {}",
-            t.interleave_capacity
+        for r in DropReason::ALL {
+            f.counter(
+                "hwntpd_drops_total",
+                &format!("reason=\"{}\"", r.name()),
+                "Requests not answered, by reason (see the README).",
+                self.drops[r as usize],
+            );
+        }
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = self
+            .estimate_error
+            .iter()
+            .zip(ESTIMATE_ERROR_BUCKETS_NS.iter().map(|&le| le as f64 / 1e9))
+            .map(|(n, le)| {
+                cumulative += n;
+                (le, cumulative)
+            })
+            .collect();
+        // The encoder adds the +Inf bucket from the count.
+        cumulative += self.estimate_error[ESTIMATE_ERROR_BUCKETS_NS.len()];
+        f.histogram(
+            ESTIMATE_ERROR_METRIC,
+            "|exact transmit time - the transmit estimate a basic reply carries|, \
+             for every reply whose exact transmit time was measured.",
+            &buckets,
+            self.estimate_error_ns as f64 / 1e9,
+            cumulative,
         );
     }
 
@@ -262,7 +223,7 @@ impl StatsSnapshot {
         format!(
             "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
              tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} \
-             kod rate/deny={}/{} leaked={} clients used/replaced={}/{} drops={}{}",
+             kod rate/deny={}/{} leaked={} clients replaced={} drops={}{}",
             self.received,
             self.total_replies(),
             self.replies_basic,
@@ -284,7 +245,6 @@ impl StatsSnapshot {
             self.kod_rate,
             self.kod_deny,
             self.rate_leaked,
-            self.tables.client_table_used,
             self.client_replacements,
             self.total_drops(),
             drops
@@ -377,7 +337,5 @@ mod tests {
         assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
         assert_eq!(get(&format!("{m}_count")), Some(3));
         assert!(text.contains(&format!("{m}_sum 0.0030022\n")), "{text}");
-        assert_eq!(seconds(0), "0");
-        assert_eq!(seconds(3_500_000_000), "3.5");
     }
 }

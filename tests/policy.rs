@@ -122,7 +122,8 @@ fn rate_limit_burst_then_one_rate_kod_then_silence_or_leak() {
     let s = server.wait_stats("rate limiting counted", |s| {
         stat(s, "hwntpd_drops_total{reason=\"rate_limited\"}") >= 25
     });
-    assert_eq!(stat(&s, "hwntpd_kod_total{code=\"rate\"}"), kods);
+    // ours, and any to Server::start's probes from 127.0.0.1 (a client too)
+    assert!(stat(&s, "hwntpd_kod_total{code=\"rate\"}") >= kods);
     assert!(stat(&s, "hwntpd_client_table_records{state=\"used\"}") >= 1);
     assert_eq!(
         stat(&s, "hwntpd_client_table_records{state=\"capacity\"}"),

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+pub mod file;
+
 /// Which receive timestamps to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TimestampingArg {
@@ -113,6 +115,17 @@ fn parse_stratum(s: &str) -> Result<u8, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "hwntpd", version, about, long_about = None)]
 pub struct Args {
+    /// Read settings from this TOML file: its keys are the long flag names
+    /// (`stratum = 2`, `listen = ["0.0.0.0:123"]`); flags given on the command
+    /// line override it. SIGHUP re-reads it (see the README: Configuration file).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (command line and --config file) and exit:
+    /// "configuration OK" and status 0, or the errors and status 1.
+    #[arg(long)]
+    pub check: bool,
+
     /// Address and port to serve on (repeatable). Default: `0.0.0.0:123` and `[::]:123`.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,

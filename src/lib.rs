@@ -6,12 +6,14 @@
 //! * [`net`]: the Linux layer: sockets, `SO_TIMESTAMPING`, control messages,
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
-//! * [`config`]: the command line.
+//! * [`config`]: the command line and the configuration file.
+//! * [`logging`]: log output to standard error, its style and live level.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod config;
+pub mod logging;
 pub mod net;
 pub mod protocol;
 pub mod server;

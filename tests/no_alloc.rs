@@ -202,7 +202,6 @@ fn measure(tx_mode: TxTimestampMode) -> u64 {
         explicit_tx_key,
         rx: RxTimestamps::Kernel,
         domains: hwntpd::clock::domain::TimeDomains::system(),
-        compensate_send_latency: true,
         ring: RingConfig::default(),
         cpu: None,
     };

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod interleave;
+pub mod live;
 pub mod stats;
 pub mod timestamping;
 pub mod txstamps;
@@ -83,6 +84,11 @@ fn check_kernel() -> Result<()> {
 
 /// Run the server until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> Result<()> {
+    run_with(args, None)
+}
+
+/// [`run`], reloading the configuration on SIGHUP through `reloader`.
+pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()> {
     check_kernel()?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -103,6 +109,7 @@ pub fn run(args: &Args) -> Result<()> {
         Compensation::new(args.rx_comp, args.tx_comp),
         plan.link_speed_mbps.unwrap_or(SPEED_UNKNOWN),
     );
+    domains.set_send_latency_comp(args.send_latency_comp == OnOffArg::On);
     let phc_path = args.phc.clone().or_else(|| plan.phc.clone());
     let mut threads = Vec::new();
     match &phc_path {
@@ -220,7 +227,6 @@ pub fn run(args: &Args) -> Result<()> {
             tx_hardware: plan.tx_hardware,
             explicit_tx_key: plan.explicit_tx_key,
             rx: plan.rx,
-            compensate_send_latency: args.send_latency_comp == OnOffArg::On,
             domains: domains.clone(),
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
@@ -264,11 +270,17 @@ pub fn run(args: &Args) -> Result<()> {
         tx_timestamps = plan.tx_description(),
         "serving NTP"
     );
+    if let Some(r) = reloader.as_mut() {
+        live::register_server(r, &cell, &domains, precision);
+    }
 
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if let Some(r) = reloader.as_mut() {
+            r.poll();
+        }
         if Instant::now() >= next {
             next += interval;
             report(&stats, args.stats_file.as_deref(), true);

@@ -71,6 +71,32 @@ fn the_example_documents_every_flag() {
 }
 
 #[test]
+fn the_example_says_which_keys_change_live() {
+    let text = std::fs::read_to_string(example()).unwrap();
+    let mut comment = String::new();
+    for line in text.lines() {
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        if is_setting(body) {
+            let key = body.split_once(" = ").unwrap().0;
+            let live = hwntpd::server::live::LIVE_KEYS.contains(&key);
+            let says = (comment.contains("Live."), comment.contains("Restart."));
+            assert_eq!(
+                says,
+                (live, !live),
+                "etc/hwntpd.toml: the comment of {key} must say {}",
+                if live { "Live." } else { "Restart." }
+            );
+            comment.clear();
+        } else if line.trim().is_empty() {
+            comment.clear();
+        } else {
+            comment.push_str(body);
+            comment.push(' ');
+        }
+    }
+}
+
+#[test]
 fn the_example_parses_as_shipped_and_uncommented() {
     let out = check(&example(), &[]);
     assert!(out.status.success(), "{out:?}");

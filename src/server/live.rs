@@ -38,6 +38,18 @@ use crate::clock::wire::Compensation;
 use crate::config::file::{load, parse_tokens, tokens_of, Loaded, Setting, Settings};
 use crate::config::{Args, OnOffArg};
 
+/// Every key that changes live: a handler may claim only these, and the
+/// README, the man page and `etc/hwntpd.toml` (tested) say so for each.
+pub const LIVE_KEYS: &[&str] = &[
+    "stratum",
+    "refid",
+    "on-unsync",
+    "rx-comp",
+    "tx-comp",
+    "send-latency-comp",
+    "log-level",
+];
+
 /// Applies a prepared change; runs only once every handler has prepared.
 pub type Commit = Box<dyn FnOnce() + Send>;
 /// Builds a [`Commit`] from the configuration to apply, or says why it cannot.
@@ -148,6 +160,12 @@ impl Reloader {
         keys: &'static [&'static str],
         prepare: impl Fn(&Args) -> Result<Commit> + Send + 'static,
     ) {
+        for k in keys {
+            assert!(
+                LIVE_KEYS.contains(k),
+                "{k} changes live but is not in LIVE_KEYS"
+            );
+        }
         self.handlers.push(Handler {
             keys,
             prepare: Box::new(prepare),
@@ -326,6 +344,14 @@ mod tests {
         assert_eq!(a["workers"].raw, [OsString::from("2")], "restart-only kept");
         assert_eq!(a["listen"].raw.len(), 1);
         assert!(plan(&running, &running, &live) == Plan::default());
+    }
+
+    #[test]
+    fn live_keys_are_flags() {
+        let keys = crate::config::file::file_keys();
+        for k in LIVE_KEYS {
+            assert!(keys.iter().any(|x| x == k), "{k} is not a flag");
+        }
     }
 
     #[test]

@@ -174,7 +174,10 @@ fn file_tokens(cmd: &Command, text: &str) -> Result<Vec<(String, Vec<OsString>)>
     };
     let mut out = Vec::new();
     let mut errors = Vec::new();
-    for (key, value) in &table {
+    // In the file's order, so the errors come line by line.
+    let mut entries: Vec<_> = table.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    for (key, value) in entries {
         let line = line_of(text, key.span().start);
         let name = key.get_ref().as_str();
         let fail = |msg: String| format!("{line}: key \"{name}\": {msg}");

@@ -86,10 +86,12 @@ fn the_example_says_which_keys_change_live() {
                 "etc/hwntpd.toml: the comment of {key} must say {}",
                 if live { "Live." } else { "Restart." }
             );
-            comment.clear();
         } else if line.trim().is_empty() {
             comment.clear();
         } else {
+            if body.trim_start().starts_with("---") {
+                continue;
+            }
             comment.push_str(body);
             comment.push(' ');
         }

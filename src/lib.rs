@@ -6,6 +6,7 @@
 //! * [`net`]: the Linux layer: sockets, `SO_TIMESTAMPING`, control messages,
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
+//! * [`sys`]: process credentials (the privilege drop after start-up).
 //! * [`config`]: the command line and the configuration file.
 //! * [`logging`]: log output to standard error, its style and live level.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -17,3 +18,4 @@ pub mod logging;
 pub mod net;
 pub mod protocol;
 pub mod server;
+pub mod sys;

@@ -3,9 +3,12 @@
 // layer's (src/net/).
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod interleave;
 pub mod live;
+pub mod metrics;
 pub mod stats;
+pub mod supervisor;
 pub mod timestamping;
 pub mod txstamps;
 pub mod watchdog;
@@ -31,8 +34,10 @@ use crate::net::socket::{bind_udp, set_recv_buffer};
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
+use metrics::Exporter;
 use stats::{StatsSnapshot, WorkerStats};
 use std::os::fd::AsFd;
+use supervisor::Supervisor;
 use worker::{Worker, WorkerConfig, WorkerSocket};
 
 /// Build the reference configuration from the command line.
@@ -274,18 +279,42 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
         live::register_server(r, &cell, &domains, precision);
     }
 
+    // Metrics endpoint (bound while still privileged), privilege drop, then
+    // systemd's READY=1 and the health/watchdog supervision.
+    let exporter = Arc::new(Exporter {
+        stats,
+        state: cell.clone(),
+        reference: reference.kind.to_string(),
+        domains: phc_path.is_some().then(|| domains.clone()),
+        table: table.clone(),
+        health: health::HealthCell::new(),
+        timestamping: plan.summary(),
+        start_time: crate::clock::realtime::now_unix().0 as f64,
+    });
+    if let Some(addr) = args.metrics_listen {
+        threads.push(metrics::spawn_endpoint(
+            addr,
+            exporter.clone(),
+            stop.clone(),
+        )?);
+    }
+    supervisor::drop_privileges(args.user.as_deref())?;
+    let mut supervisor = Supervisor::start(exporter.clone());
+
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(supervisor::TICK);
+        supervisor.tick(Instant::now());
         if let Some(r) = reloader.as_mut() {
             r.poll();
         }
         if Instant::now() >= next {
             next += interval;
-            report(&stats, args.stats_file.as_deref(), true);
+            report(&exporter, args.stats_file.as_deref(), true);
         }
     }
+    supervisor.stopping();
     tracing::info!("stopping");
     for h in handles {
         let _ = h.join();
@@ -293,17 +322,18 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     for t in threads {
         let _ = t.join();
     }
-    report(&stats, args.stats_file.as_deref(), true);
+    report(&exporter, args.stats_file.as_deref(), true);
     Ok(())
 }
 
-fn report(stats: &[Arc<WorkerStats>], file: Option<&Path>, log: bool) -> StatsSnapshot {
-    let total = stats::sum(stats.iter().map(|s| s.as_ref()));
+fn report(exporter: &Exporter, file: Option<&Path>, log: bool) -> StatsSnapshot {
+    let total = exporter.totals();
     if log {
         tracing::info!("stats: {}", total.summary());
     }
     if let Some(path) = file {
-        if let Err(e) = write_atomically(path, total.to_prometheus().as_bytes()) {
+        let text = metrics::encode(&exporter.families_with(&total));
+        if let Err(e) = write_atomically(path, text.as_bytes()) {
             tracing::warn!(path = %path.display(), "cannot write stats file: {e}");
         }
     }

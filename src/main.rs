@@ -40,10 +40,7 @@ fn main() {
         Err(e) => fail([e]),
     };
     let log = hwntpd::logging::init(filter, hwntpd::logging::detect_style());
-    let mut reloader = match Reloader::new(argv, loaded) {
-        Ok(r) => r,
-        Err(e) => fail([format!("{e:#}")]),
-    };
+    let mut reloader = Reloader::new(argv, loaded);
     reloader.on_change(&["log-level"], move |a| {
         let f = hwntpd::logging::filter(&a.log_level).map_err(anyhow::Error::msg)?;
         let log = log.clone();

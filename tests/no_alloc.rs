@@ -204,6 +204,7 @@ fn measure(tx_mode: TxTimestampMode) -> u64 {
         domains: hwntpd::clock::domain::TimeDomains::system(),
         ring: RingConfig::default(),
         cpu: None,
+        guards: Default::default(),
     };
     let worker = std::thread::spawn(move || {
         ON_WORKER.with(|c| c.set(true));

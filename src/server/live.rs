@@ -27,10 +27,9 @@
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 
 use crate::clock::domain::TimeDomains;
 use crate::clock::snapshot::{Claims, StateCell};
@@ -134,23 +133,19 @@ pub struct Reloader {
     path: Option<PathBuf>,
     running: Loaded,
     handlers: Vec<Handler>,
-    hup: Arc<AtomicBool>,
 }
 
 impl Reloader {
     /// A reloader for the configuration `running`, parsed from `argv`
-    /// (program name first). Installs the SIGHUP handler.
-    pub fn new(argv: Vec<OsString>, running: Loaded) -> Result<Self> {
-        let hup = Arc::new(AtomicBool::new(false));
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
-            .context("installing the SIGHUP handler")?;
-        Ok(Reloader {
+    /// (program name first). The server calls [`Reloader::reload`] on SIGHUP
+    /// ([`super::signals`]).
+    pub fn new(argv: Vec<OsString>, running: Loaded) -> Self {
+        Reloader {
             argv,
             path: running.args.config.clone(),
             running,
             handlers: Vec::new(),
-            hup,
-        })
+        }
     }
 
     /// Handle changes of `keys` (long flag names) live: `prepare` gets the
@@ -183,13 +178,6 @@ impl Reloader {
     /// The running configuration.
     pub fn running(&self) -> &Args {
         &self.running.args
-    }
-
-    /// Reload if SIGHUP came since the last call.
-    pub fn poll(&mut self) {
-        if self.hup.swap(false, Ordering::Relaxed) {
-            self.reload();
-        }
     }
 
     /// Re-read the file and apply it; logs what happened.

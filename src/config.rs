@@ -5,16 +5,23 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
-/// Which receive timestamps to use.
+pub mod file;
+
+/// Which timestamps to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TimestampingArg {
-    /// Hardware where `--interface` NICs support it, else kernel software, else user space.
+    /// Turn on hardware timestamping on the `--interface` NICs and serve what
+    /// each gives (receive and/or transmit, while the PHC tracking is healthy);
+    /// kernel software timestamps for the rest, and without `--interface`.
     Auto,
-    /// NIC hardware timestamps; refuse to start without them (needs `--interface`).
+    /// As auto, but refuse to start unless an `--interface` NIC gives hardware
+    /// receive or transmit timestamps.
     Hardware,
-    /// Kernel software timestamps only.
+    /// Kernel software timestamps only; NICs are left as they are.
     Software,
-    /// Read the clock in user space right after receipt (no `SO_TIMESTAMPING`).
+    /// No `SO_TIMESTAMPING`: read the clock right after a datagram is taken
+    /// from the ring; no transmit timestamps, so no interleaved replies and no
+    /// send-latency compensation.
     User,
 }
 
@@ -122,6 +129,17 @@ fn parse_stratum(s: &str) -> Result<u8, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "hwntpd", version, about, long_about = None)]
 pub struct Args {
+    /// Read settings from this TOML file: its keys are the long flag names
+    /// (`stratum = 2`, `listen = ["0.0.0.0:123"]`); flags given on the command
+    /// line override it. SIGHUP re-reads it (see the README: Configuration file).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Check the configuration (command line and --config file) and exit:
+    /// "configuration OK" and status 0, or the errors and status 1.
+    #[arg(long)]
+    pub check: bool,
+
     /// Address and port to serve on (repeatable; the same address twice is an
     /// error). Default: `0.0.0.0:123` and `[::]:123`.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
@@ -131,7 +149,7 @@ pub struct Args {
     #[arg(long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
 
-    /// Receive timestamp source.
+    /// Timestamp source.
     #[arg(long, value_enum, default_value_t = TimestampingArg::Auto)]
     pub timestamping: TimestampingArg,
 
@@ -152,7 +170,7 @@ pub struct Args {
     pub utc_offset: Option<i32>,
 
     /// Nanoseconds subtracted from hardware receive timestamps (after the
-    /// wire-time correction), like chrony's rxcomp.
+    /// wire-time correction), like chrony's rxcomp. Changes live on SIGHUP.
     #[arg(
         long,
         value_name = "NS",
@@ -162,6 +180,7 @@ pub struct Args {
     pub rx_comp: i64,
 
     /// Nanoseconds added to hardware transmit timestamps, like chrony's txcomp.
+    /// Changes live on SIGHUP.
     #[arg(
         long,
         value_name = "NS",
@@ -179,17 +198,17 @@ pub struct Args {
     #[arg(long, value_name = "LIST", value_parser = parse_cpu_list)]
     pub cpus: Option<CpuList>,
 
-    /// Stratum to claim while synchronised (1-15). Default 1.
+    /// Stratum to claim while synchronised (1-15). Default 1. Changes live on SIGHUP.
     #[arg(long, value_parser = parse_stratum)]
     pub stratum: Option<u8>,
 
     /// Reference ID: 1-4 ASCII characters at stratum 1 (e.g. PTP, GPS), the upstream's
     /// address at stratum 2 and above. Default "LOCL" with --reference local,
-    /// "PTP" with --reference phc, else "SYS".
+    /// "PTP" with --reference phc, else "SYS". Changes live on SIGHUP.
     #[arg(long)]
     pub refid: Option<String>,
 
-    /// What to do while the reference is unusable.
+    /// What to do while the reference is unusable. Changes live on SIGHUP.
     #[arg(long, value_enum, default_value_t = OnUnsyncArg::Serve)]
     pub on_unsync: OnUnsyncArg,
 
@@ -255,10 +274,14 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(8..=(1 << 26)))]
     pub client_table_entries: u64,
 
-    /// Basic replies: add the smallest recently measured send latency (kernel or
-    /// NIC transmit timestamp minus the pre-send clock reading, sampled at most
-    /// every 10 ms per socket) to the transmit timestamp, so it lies closer to
-    /// the moment the reply left. "off" serves the bare pre-send reading.
+    /// Basic replies: add the send latency estimated for the reply's place in
+    /// its batch (base + step x place, learned per socket from the last 64
+    /// measured latencies: kernel or NIC transmit timestamp minus the pre-send
+    /// clock reading, from interleaved replies and one basic reply per 10 ms)
+    /// to the transmit timestamp, so it lies closer to the moment the reply
+    /// left. Needs transmit timestamps (not with --timestamping user or
+    /// --interleave-entries 0). "off" serves the bare pre-send reading.
+    /// Changes live on SIGHUP.
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub send_latency_comp: OnOffArg,
 
@@ -304,7 +327,8 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
 
-    /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
+    /// Log level: error, warn, info, debug or trace (or a tracing filter
+    /// directive). Changes live on SIGHUP.
     #[arg(long, default_value = "info")]
     pub log_level: String,
 }

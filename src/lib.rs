@@ -8,12 +8,14 @@
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
 //! * [`policy`]: access lists and rate limits (who is served, how often).
 //! * [`sys`]: process credentials (the privilege drop after start-up).
-//! * [`config`]: the command line.
+//! * [`config`]: the command line and the configuration file.
+//! * [`logging`]: log output to standard error, its style and live level.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod clock;
 pub mod config;
+pub mod logging;
 pub mod net;
 pub mod policy;
 pub mod protocol;

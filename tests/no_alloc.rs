@@ -290,7 +290,6 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
         explicit_tx_key,
         rx: RxTimestamps::Kernel,
         domains: hwntpd::clock::domain::TimeDomains::system(),
-        compensate_send_latency: true,
         ring: RingConfig::default(),
         cpu: None,
         guards: Default::default(),

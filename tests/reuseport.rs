@@ -59,7 +59,6 @@ fn reuseport_keeps_each_client_on_one_worker() {
             explicit_tx_key: false,
             rx: RxTimestamps::Kernel,
             domains: hwntpd::clock::domain::TimeDomains::system(),
-            compensate_send_latency: true,
             ring: RingConfig::default(),
             cpu: None,
             guards: Default::default(),

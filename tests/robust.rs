@@ -32,7 +32,7 @@ fn hup_usr1_usr2_alrm_are_not_fatal() {
     }
     let log = server.log();
     for line in [
-        "SIGHUP received: configuration reload is not implemented yet; ignored",
+        "SIGHUP: no --config file, nothing to reload",
         "SIGUSR1: statistics now",
         "SIGUSR2 received: ignored",
         "SIGALRM received: ignored",

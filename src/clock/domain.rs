@@ -11,6 +11,7 @@
 //! The tracking is a snapshot that the PHC thread replaces once a second and
 //! workers read without locks ([`arc_swap`]).
 
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -43,7 +44,11 @@ pub enum ServedClock {
 pub struct TimeDomains {
     served: ServedClock,
     phc: ArcSwapOption<PhcSnapshot>,
-    comp: Compensation,
+    // The fixed compensations (`--rx-comp`, `--tx-comp`) and the send-latency
+    // switch (`--send-latency-comp`): atomics, so SIGHUP changes them live.
+    rx_comp_ns: AtomicI64,
+    tx_comp_ns: AtomicI64,
+    send_latency_comp: AtomicBool,
     link_speed_mbps: u32,
 }
 
@@ -68,9 +73,39 @@ impl TimeDomains {
         Arc::new(TimeDomains {
             served,
             phc: ArcSwapOption::empty(),
-            comp,
+            rx_comp_ns: AtomicI64::new(comp.rx_ns),
+            tx_comp_ns: AtomicI64::new(comp.tx_ns),
+            send_latency_comp: AtomicBool::new(true),
             link_speed_mbps,
         })
+    }
+
+    /// The fixed compensations in force.
+    #[inline]
+    pub fn compensation(&self) -> Compensation {
+        Compensation::new(
+            self.rx_comp_ns.load(Ordering::Relaxed),
+            self.tx_comp_ns.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Change the fixed compensations (a reload); workers use them from
+    /// their next timestamp on.
+    pub fn set_compensation(&self, comp: Compensation) {
+        self.rx_comp_ns.store(comp.rx_ns, Ordering::Relaxed);
+        self.tx_comp_ns.store(comp.tx_ns, Ordering::Relaxed);
+    }
+
+    /// Whether basic replies carry the estimated send latency
+    /// (`--send-latency-comp`; on unless switched off).
+    #[inline]
+    pub fn send_latency_comp(&self) -> bool {
+        self.send_latency_comp.load(Ordering::Relaxed)
+    }
+
+    /// Switch the send-latency compensation (start-up and reloads).
+    pub fn set_send_latency_comp(&self, on: bool) {
+        self.send_latency_comp.store(on, Ordering::Relaxed);
     }
 
     /// Which clock is served.
@@ -127,15 +162,16 @@ impl TimeDomains {
         hw: (i64, u32),
         frame_len: Option<u32>,
     ) -> Option<NtpTimestamp> {
-        let adjust = frame_len.map_or(-self.comp.rx_ns, |len| {
-            self.comp.rx_adjust_ns(len, self.link_speed_mbps)
+        let comp = self.compensation();
+        let adjust = frame_len.map_or(-comp.rx_ns, |len| {
+            comp.rx_adjust_ns(len, self.link_speed_mbps)
         });
         self.phc_to_served(add_ns(hw, adjust))
     }
 
     /// Served time of a hardware transmit timestamp (plus `--tx-comp`).
     pub fn hardware_tx_to_served(&self, hw: (i64, u32)) -> Option<NtpTimestamp> {
-        self.phc_to_served(add_ns(hw, self.comp.tx_adjust_ns()))
+        self.phc_to_served(add_ns(hw, self.compensation().tx_adjust_ns()))
     }
 }
 

@@ -6,12 +6,14 @@
 
 use super::kernel::{read_kernel_clock, KernelClock};
 use super::realtime;
-use super::reference::{compute_state, unsync_reason, ReferenceConfig, ReferenceTracker};
+use super::reference::{
+    compute_state, unsync_reason, ReferenceConfig, ReferenceKind, ReferenceTracker,
+};
 use crate::protocol::ServerState;
 use arc_swap::ArcSwap;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,47 @@ pub const STOP_POLL_STEP: Duration = Duration::from_millis(50);
 /// workers (readers).
 pub struct StateCell {
     inner: ArcSwap<ServerState>,
+    /// Claims set at run time (SIGHUP), laid over every state stored. Only the
+    /// writers (once a second, and a reload) take this lock, never a worker.
+    claims: Mutex<Option<Claims>>,
+}
+
+/// The claims of the configuration that a reload changes without restarting
+/// the thread that computes the state: stratum and reference ID while
+/// synchronised (`--stratum`, `--refid`) and whether to answer while not
+/// (`--on-unsync`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claims {
+    /// Stratum while synchronised.
+    pub stratum: u8,
+    /// Reference ID while synchronised (encoded).
+    pub refid: [u8; 4],
+    /// Answer while unsynchronised.
+    pub serve_unsynchronized: bool,
+    /// Stratum and reference ID are an upstream's (`--reference ntp:`), not ours.
+    pub upstream_identity: bool,
+}
+
+impl Claims {
+    /// The claims of `cfg`.
+    pub fn of(cfg: &ReferenceConfig) -> Self {
+        Claims {
+            stratum: cfg.stratum,
+            refid: cfg.refid,
+            serve_unsynchronized: cfg.serve_unsynchronized,
+            upstream_identity: cfg.kind == ReferenceKind::Ntp,
+        }
+    }
+
+    /// `state` with these claims (pure).
+    pub fn apply(&self, mut state: ServerState) -> ServerState {
+        state.serve_unsynchronized = self.serve_unsynchronized;
+        if !state.is_unsynchronized() && !self.upstream_identity {
+            state.stratum = self.stratum;
+            state.refid = self.refid;
+        }
+        state
+    }
 }
 
 impl StateCell {
@@ -31,7 +74,17 @@ impl StateCell {
     pub fn new(state: ServerState) -> Self {
         StateCell {
             inner: ArcSwap::from_pointee(state),
+            claims: Mutex::new(None),
         }
+    }
+
+    /// From now on, lay `claims` over every state stored, starting with the
+    /// current one at once (a reload; the thread computing the state goes on
+    /// with the configuration it started with).
+    pub fn set_claims(&self, claims: Claims) {
+        let mut guard = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        *guard = Some(claims);
+        self.inner.store(Arc::new(claims.apply(self.load())));
     }
 
     /// A copy of the current state (lock-free, no allocation).
@@ -42,6 +95,8 @@ impl StateCell {
 
     /// Replaces the state; readers see either the old or the new one whole.
     pub fn store(&self, state: ServerState) {
+        let guard = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let state = guard.map_or(state, |c| c.apply(state));
         self.inner.store(Arc::new(state));
     }
 }
@@ -190,6 +245,43 @@ mod tests {
             assert!(last <= 2_000);
         }
         assert_eq!(cell.load(), marked(2_000));
+    }
+
+    #[test]
+    fn claims_apply_at_once_and_to_every_later_state() {
+        let mut cfg = ReferenceConfig::local(-23);
+        let cell = StateCell::new(initial_state(&cfg));
+        assert_eq!(&cell.load().refid, b"LOCL");
+        cfg.stratum = 3;
+        cfg.refid = [10, 0, 0, 1];
+        cfg.serve_unsynchronized = false;
+        cell.set_claims(Claims::of(&cfg));
+        let s = cell.load();
+        assert_eq!(
+            (s.stratum, s.refid, s.serve_unsynchronized),
+            (3, [10, 0, 0, 1], false)
+        );
+        // The refresher still computes with its old configuration.
+        cell.store(initial_state(&ReferenceConfig::local(-23)));
+        assert_eq!((cell.load().stratum, cell.load().refid), (3, [10, 0, 0, 1]));
+        // Unsynchronised states keep stratum 16.
+        cell.store(ServerState::unsynchronized(-23));
+        let s = cell.load();
+        assert_eq!(
+            (s.stratum, &s.refid, s.serve_unsynchronized),
+            (16, b"INIT", false)
+        );
+        // An upstream's identity is left alone.
+        let mut ntp = cfg.clone();
+        ntp.kind = ReferenceKind::Ntp;
+        let mut upstream = initial_state(&ReferenceConfig::local(-23));
+        upstream.stratum = 2;
+        upstream.refid = [192, 0, 2, 1];
+        let s = Claims::of(&ntp).apply(upstream);
+        assert_eq!(
+            (s.stratum, s.refid, s.serve_unsynchronized),
+            (2, [192, 0, 2, 1], false)
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod health;
 pub mod interleave;
+pub mod live;
 pub mod metrics;
 pub mod resilience;
 pub mod restart;
@@ -91,6 +92,11 @@ fn check_kernel() -> Result<()> {
 
 /// Run the server until SIGINT or SIGTERM.
 pub fn run(args: &Args) -> Result<()> {
+    run_with(args, None)
+}
+
+/// [`run`], reloading the configuration on SIGHUP through `reloader`.
+pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()> {
     check_kernel()?;
     let stop = Arc::new(AtomicBool::new(false));
     let signals = signals::Signals::install(&stop).context("installing signal handlers")?;
@@ -109,6 +115,7 @@ pub fn run(args: &Args) -> Result<()> {
         Compensation::new(args.rx_comp, args.tx_comp),
         plan.link_speed_mbps.unwrap_or(SPEED_UNKNOWN),
     );
+    domains.set_send_latency_comp(args.send_latency_comp == OnOffArg::On);
     let phc_path = args.phc.clone().or_else(|| plan.phc.clone());
     let mut threads = Vec::new();
     match &phc_path {
@@ -241,7 +248,6 @@ pub fn run(args: &Args) -> Result<()> {
             tx_hardware: plan.tx_hardware,
             explicit_tx_key: plan.explicit_tx_key,
             rx: plan.rx,
-            compensate_send_latency: args.send_latency_comp == OnOffArg::On,
             domains: domains.clone(),
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
@@ -277,6 +283,9 @@ pub fn run(args: &Args) -> Result<()> {
         tx_timestamps = plan.tx_description(),
         "serving NTP"
     );
+    if let Some(r) = reloader.as_mut() {
+        live::register_server(r, &cell, &domains, precision);
+    }
 
     // Metrics endpoint (bound while still privileged), privilege drop, then
     // systemd's READY=1 and the health/watchdog supervision.
@@ -308,6 +317,16 @@ pub fn run(args: &Args) -> Result<()> {
         std::thread::sleep(supervisor::TICK);
         supervisor.tick(Instant::now());
         let pending = signals.take();
+        if pending.hup {
+            match reloader.as_mut() {
+                Some(r) => {
+                    r.reload();
+                }
+                None => tracing::info!(
+                    "SIGHUP received: no configuration to reload; ignored, still serving"
+                ),
+            }
+        }
         pending.log_ignored();
         if pending.usr1 {
             tracing::info!("SIGUSR1: statistics now");

@@ -2,8 +2,8 @@
 //! logged); SIGHUP, SIGUSR1, SIGUSR2 and SIGALRM, whose default action would
 //! kill it, never do:
 //!
-//! * SIGHUP: the reload signal. Until configuration reload exists it is
-//!   logged and ignored ([`Pending::hup`] is where reload plugs in);
+//! * SIGHUP: reload the configuration file ([`Pending::hup`], handled by
+//!   [`super::live::Reloader`]);
 //! * SIGUSR1: log (and write to `--stats-file`) the statistics now;
 //! * SIGUSR2, SIGALRM: logged and ignored.
 //!
@@ -26,7 +26,7 @@ pub struct Signals {
 /// Which of the non-fatal signals arrived since the last look.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
-    /// SIGHUP: reload (logged and ignored until reload exists).
+    /// SIGHUP: reload the configuration.
     pub hup: bool,
     /// SIGUSR1: report the statistics now.
     pub usr1: bool,
@@ -73,14 +73,8 @@ impl Signals {
 }
 
 impl Pending {
-    /// Log the signals that are ignored (SIGHUP until reload exists,
-    /// SIGUSR2, SIGALRM).
+    /// Log the signals that are ignored (SIGUSR2, SIGALRM).
     pub fn log_ignored(&self) {
-        if self.hup {
-            tracing::info!(
-                "SIGHUP received: configuration reload is not implemented yet; ignored, still serving"
-            );
-        }
         for (got, name) in [(self.usr2, "SIGUSR2"), (self.alrm, "SIGALRM")] {
             if got {
                 tracing::info!("{name} received: ignored, still serving");

@@ -94,8 +94,6 @@ pub struct WorkerConfig {
     pub explicit_tx_key: bool,
     /// Receive timestamp source.
     pub rx: RxTimestamps,
-    /// Add the measured send latency to the transmit reading of basic replies.
-    pub compensate_send_latency: bool,
     /// Converts software and hardware timestamps to served time.
     pub domains: Arc<TimeDomains>,
     /// Ring sizes.
@@ -866,7 +864,7 @@ impl Worker {
         let calibrate = !interleave
             && patch
             && tx_on
-            && self.cfg.compensate_send_latency
+            && self.cfg.domains.send_latency_comp()
             && sock.calibration_due(wake);
         let want_tx = interleave || calibrate;
         // Keys are handed out in send order, so they also match the socket's own
@@ -914,7 +912,7 @@ impl Worker {
             // batch: the best estimate of the transmit time a basic reply can
             // carry (the batch's replies leave one after the other).
             let position = u16::try_from(i).unwrap_or(u16::MAX);
-            let latency = if self.cfg.compensate_send_latency {
+            let latency = if self.cfg.domains.send_latency_comp() {
                 sock.latency.estimate(position).unwrap_or(0)
             } else {
                 0
@@ -1247,8 +1245,11 @@ mod tests {
             tx_hardware: false,
             explicit_tx_key: false,
             rx: RxTimestamps::Kernel,
-            compensate_send_latency: false,
-            domains: TimeDomains::system(),
+            domains: {
+                let d = TimeDomains::system();
+                d.set_send_latency_comp(false);
+                d
+            },
             ring: RingConfig::default(),
             cpu: None,
             guards: Default::default(),
@@ -1331,8 +1332,11 @@ mod tests {
                 tx_hardware: false,
                 explicit_tx_key: false,
                 rx: RxTimestamps::Kernel,
-                compensate_send_latency: false,
-                domains: TimeDomains::system(),
+                domains: {
+                    let d = TimeDomains::system();
+                    d.set_send_latency_comp(false);
+                    d
+                },
                 ring,
                 cpu: None,
                 guards: Guards::default(),

@@ -223,3 +223,72 @@ fn sighup_without_a_config_file_is_logged_and_harmless() {
     assert!(query(server.addr, 4, 3, Duration::from_secs(1)).is_some());
     assert!(server.stop().success());
 }
+
+#[test]
+fn a_newly_denied_source_is_refused_within_a_second_and_served_again_after() {
+    let port = free_port();
+    let dir = tempdir("reload-deny");
+    let conf = dir.join("hwntpd.toml");
+    write_config(&conf, "workers = 2\n", port);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut server = Server::spawn(&["--config", conf.to_str().unwrap()], &dir, addr);
+    server.wait_ready();
+
+    // Deny the loopback source we send from; a DENY KoD (stratum 0, refid
+    // DENY) or silence is a refusal.
+    let refused = |h: &Option<hwntpd::protocol::packet::Header>| {
+        h.as_ref()
+            .is_none_or(|h| h.stratum == 0 && &h.refid == b"DENY")
+    };
+    let mut took = Vec::new();
+    for round in 0..3 {
+        write_config(
+            &conf,
+            "workers = 2\ndeny = [\"127.0.0.0/8\"]\nrate-limit = true\n",
+            port,
+        );
+        hup(&server);
+        let t0 = Instant::now();
+        let mut kod = false;
+        let at = retry(Duration::from_secs(3), || {
+            let h = query(addr, 4, 3, Duration::from_millis(50));
+            kod |= h.as_ref().is_some_and(|h| &h.refid == b"DENY");
+            refused(&h).then(|| t0.elapsed())
+        })
+        .unwrap_or_else(|| panic!("round {round}: never refused\nlog:\n{}", server.log()));
+        assert!(
+            at < Duration::from_secs(1),
+            "round {round}: refused only after {at:?}"
+        );
+        took.push(at);
+        // Refused every time from then on.
+        for _ in 0..20 {
+            assert!(refused(&query(addr, 4, 3, Duration::from_millis(50))));
+        }
+        // Undo: served again at once.
+        write_config(&conf, "workers = 2\n", port);
+        hup(&server);
+        let t1 = Instant::now();
+        let back = retry(Duration::from_secs(3), || {
+            query(addr, 4, 3, Duration::from_millis(100))
+                .filter(|h| h.stratum == 1)
+                .map(|_| t1.elapsed())
+        })
+        .unwrap_or_else(|| panic!("round {round}: never served again\nlog:\n{}", server.log()));
+        assert!(
+            back < Duration::from_secs(1),
+            "served again only after {back:?}"
+        );
+        if round == 0 {
+            assert!(kod, "no DENY KoD with the default --deny-action kod");
+        }
+    }
+    eprintln!("deny took effect after {took:?}");
+    let log = server.log();
+    server.stop();
+    assert!(log.contains("setting changed live key=deny"), "log:\n{log}");
+    assert!(
+        log.contains("setting changed live key=rate-limit"),
+        "log:\n{log}"
+    );
+}

@@ -47,6 +47,16 @@ pub const LIVE_KEYS: &[&str] = &[
     "tx-comp",
     "send-latency-comp",
     "log-level",
+    "allow",
+    "deny",
+    "deny-action",
+    "rate-limit",
+    "rate-limit-interval",
+    "rate-limit-burst",
+    "rate-limit-leak",
+    "rate-limit-kod",
+    "rate-limit-prefix-v4",
+    "rate-limit-prefix-v6",
 ];
 
 /// Applies a prepared change; runs only once every handler has prepared.
@@ -275,11 +285,39 @@ pub fn register_server(
     });
 }
 
+/// Register the access list and rate limits (`allow`, `deny`, `deny-action`,
+/// `rate-limit*`): a new [`crate::policy::Policy`] stored into the handle the
+/// workers read at their next packet. The client table's size
+/// (`client-table-entries`) needs a restart.
+pub fn register_policy(r: &mut Reloader, shared: &Arc<crate::policy::Shared>) {
+    let shared = shared.clone();
+    r.on_change(
+        &[
+            "allow",
+            "deny",
+            "deny-action",
+            "rate-limit",
+            "rate-limit-interval",
+            "rate-limit-burst",
+            "rate-limit-leak",
+            "rate-limit-kod",
+            "rate-limit-prefix-v4",
+            "rate-limit-prefix-v6",
+        ],
+        move |args| {
+            let policy = args.policy().map_err(anyhow::Error::msg)?;
+            let shared = shared.clone();
+            Ok(Box::new(move || shared.store(policy)))
+        },
+    );
+}
+
 /// Check what [`crate::config::file::load`] cannot: values that depend on
 /// each other (a reference ID at a stratum) and the log filter. `--check` and
 /// every reload run it.
 pub fn validate(args: &Args) -> Result<()> {
     super::reference_config(args, -20)?;
+    args.policy().map_err(anyhow::Error::msg)?;
     crate::logging::filter(&args.log_level).map_err(|e| anyhow!(e))?;
     Ok(())
 }

@@ -285,6 +285,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     );
     if let Some(r) = reloader.as_mut() {
         live::register_server(r, &cell, &domains, precision);
+        live::register_policy(r, &shared);
     }
 
     // Metrics endpoint (bound while still privileged), privilege drop, then

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod interleave;
+pub mod sendlatency;
 pub mod stats;
 pub mod timestamping;
 pub mod txstamps;

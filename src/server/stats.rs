@@ -25,6 +25,9 @@ macro_rules! counters {
             pub estimate_error: [AtomicU64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
             /// The sum of those errors, in ns.
             pub estimate_error_ns: AtomicU64,
+            /// exact transmit time - the estimate (signed), by bucket of
+            /// [`ESTIMATE_LAG_BUCKETS_NS`] (the last: above them all).
+            pub estimate_lag: [AtomicU64; ESTIMATE_LAG_BUCKETS_NS.len() + 1],
         }
 
         /// A plain-number copy of the counters (one worker, or the sum of all).
@@ -37,6 +40,8 @@ macro_rules! counters {
             pub estimate_error: [u64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
             /// The sum of those errors, in ns.
             pub estimate_error_ns: u64,
+            /// Signed transmit-estimate errors by bucket (see [`WorkerStats::estimate_lag`]).
+            pub estimate_lag: [u64; ESTIMATE_LAG_BUCKETS_NS.len() + 1],
         }
 
         impl WorkerStats {
@@ -49,6 +54,9 @@ macro_rules! counters {
                         self.estimate_error[i].load(Ordering::Relaxed)
                     }),
                     estimate_error_ns: self.estimate_error_ns.load(Ordering::Relaxed),
+                    estimate_lag: std::array::from_fn(|i| {
+                        self.estimate_lag[i].load(Ordering::Relaxed)
+                    }),
                 }
             }
         }
@@ -64,6 +72,9 @@ macro_rules! counters {
                     *a += b;
                 }
                 self.estimate_error_ns += other.estimate_error_ns;
+                for (a, b) in self.estimate_lag.iter_mut().zip(other.estimate_lag.iter()) {
+                    *a += b;
+                }
             }
 
             /// The counters in the Prometheus text exposition format.
@@ -127,6 +138,18 @@ pub const ESTIMATE_ERROR_BUCKETS_NS: [u64; 10] = [
     1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
 ];
 
+/// Upper bounds (ns) of the buckets of the signed transmit-estimate error
+/// histogram (exact transmit time - estimate; negative: the estimate was after
+/// the real transmit time).
+pub const ESTIMATE_LAG_BUCKETS_NS: [i64; 27] = [
+    -50_000, -20_000, -10_000, -5_000, -2_000, -1_000, -500, -250, -100, 0, 250, 500, 1_000, 1_500,
+    2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000, 50_000, 100_000, 200_000,
+    1_000_000,
+];
+
+/// Metric name of the signed transmit-estimate error histogram.
+pub const ESTIMATE_LAG_METRIC: &str = "hwntpd_transmit_estimate_lag_seconds";
+
 /// Metric name of the transmit-estimate error histogram.
 pub const ESTIMATE_ERROR_METRIC: &str = "hwntpd_transmit_estimate_error_seconds";
 
@@ -141,6 +164,11 @@ impl WorkerStats {
             .unwrap_or(ESTIMATE_ERROR_BUCKETS_NS.len());
         bump(&self.estimate_error[bucket]);
         add(&self.estimate_error_ns, abs);
+        let lag = ESTIMATE_LAG_BUCKETS_NS
+            .iter()
+            .position(|&le| error_ns <= le)
+            .unwrap_or(ESTIMATE_LAG_BUCKETS_NS.len());
+        bump(&self.estimate_lag[lag]);
         if error_ns < 0 {
             bump(&self.tx_estimate_ahead);
         }
@@ -181,6 +209,24 @@ impl StatsSnapshot {
             }
         }
         let _ = writeln!(out, "{m}_sum {}", seconds(self.estimate_error_ns));
+        let _ = writeln!(out, "{m}_count {cumulative}");
+        let m = ESTIMATE_LAG_METRIC;
+        let _ = writeln!(
+            out,
+            "# HELP {m} exact transmit time - the transmit estimate a basic reply carries \
+             (negative: the estimate was after the real transmit time). No _sum."
+        );
+        let _ = writeln!(out, "# TYPE {m} histogram");
+        let mut cumulative = 0;
+        for (i, n) in self.estimate_lag.iter().enumerate() {
+            cumulative += n;
+            let le = match ESTIMATE_LAG_BUCKETS_NS.get(i) {
+                Some(&le) if le < 0 => format!("-{}", seconds(le.unsigned_abs())),
+                Some(&le) => seconds(le.unsigned_abs()),
+                None => "+Inf".to_string(),
+            };
+            let _ = writeln!(out, "{m}_bucket{{le=\"{le}\"}} {cumulative}");
+        }
         let _ = writeln!(out, "{m}_count {cumulative}");
     }
 
@@ -315,6 +361,13 @@ mod tests {
         assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
         assert_eq!(get(&format!("{m}_count")), Some(3));
         assert!(text.contains(&format!("{m}_sum 0.0030022\n")), "{text}");
+        let m = ESTIMATE_LAG_METRIC;
+        assert_eq!(get(&format!("{m}_bucket{{le=\"-0.000001\"}}")), Some(0));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"-0.0000005\"}}")), Some(1));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"0.0000015\"}}")), Some(2));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"0.001\"}}")), Some(2));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
+        assert_eq!(get(&format!("{m}_count")), Some(3));
         assert_eq!(seconds(0), "0");
         assert_eq!(seconds(3_500_000_000), "3.5");
     }

@@ -33,8 +33,9 @@ use crate::protocol::server::{
 };
 use crate::protocol::NtpTimestamp;
 use crate::server::interleave::InterleaveTable;
+use crate::server::sendlatency::{SendLatency, Situation};
 use crate::server::stats::{add, bump, WorkerStats};
-use crate::server::txstamps::{Completion, PendingTx, SendLatency, Sent};
+use crate::server::txstamps::{Completion, PendingTx, Sent};
 use crate::server::watchdog::{Watchdog, WATCHDOG_INTERVAL_MS};
 
 /// How a worker learns the exact transmit time of a reply.
@@ -126,24 +127,10 @@ struct SocketState {
     next_key: u32,
     pending: PendingTx,
     latency: SendLatency,
-    last_calibration: NtpTimestamp,
     /// Receive completions keep coming while datagrams wait.
     rx_watch: Watchdog,
     /// Transmit-timestamp completions keep coming while the error queue holds some.
     tx_watch: Watchdog,
-}
-
-impl SocketState {
-    /// Whether a basic reply should sample the send latency now (at most one
-    /// transmit-timestamp request per [`CALIBRATION_INTERVAL_NS`] per socket).
-    fn calibration_due(&mut self, now: NtpTimestamp) -> bool {
-        let due = self.last_calibration.is_zero()
-            || now.diff_nanos(self.last_calibration) >= CALIBRATION_INTERVAL_NS;
-        if due {
-            self.last_calibration = now;
-        }
-        due
-    }
 }
 
 /// A transmit timestamp further than this from the reply's pre-send reading is
@@ -152,10 +139,6 @@ pub const TX_TIMESTAMP_SANITY_NS: i64 = 1_000_000_000;
 
 /// Completions handled, at most, before their replies are submitted.
 pub const SEND_BATCH: usize = 64;
-
-/// How often a basic reply asks for its transmit timestamp to calibrate the
-/// send latency (per socket).
-pub const CALIBRATION_INTERVAL_NS: i64 = 10_000_000;
 
 /// A reply of the current batch, queued in a send slot and not yet submitted.
 #[derive(Clone, Copy)]
@@ -167,6 +150,7 @@ struct Queued {
     want_tx: bool,
     interleave: bool,
     tx_key: u32,
+    situation: Situation,
 }
 
 /// What kind of reply a send slot carries, for counting on completion.
@@ -190,6 +174,8 @@ pub struct Worker {
     sockets: Vec<SocketState>,
     batch: Vec<Queued>,
     cqes: Vec<Cqe>,
+    /// The clock reading of the last batch sent (how long the worker was idle).
+    last_flush: NtpTimestamp,
     cfg: WorkerConfig,
 }
 
@@ -218,7 +204,6 @@ impl Worker {
                 next_key: 0,
                 pending: PendingTx::new(PENDING_TX),
                 latency: SendLatency::default(),
-                last_calibration: NtpTimestamp::ZERO,
                 rx_watch: Watchdog::default(),
                 tx_watch: Watchdog::default(),
             })
@@ -234,6 +219,7 @@ impl Worker {
             sockets,
             batch: Vec::with_capacity(usize::from(n_slots)),
             cqes: vec![Cqe::default(); cfg.ring.cq_entries as usize],
+            last_flush: NtpTimestamp::ZERO,
             cfg,
         };
         for i in 0..w.sockets.len() {
@@ -301,9 +287,11 @@ impl Worker {
             }
             self.cqes = cqes;
             self.bufs.publish();
-            self.flush_batch()?;
             add(&self.cfg.stats.ring_enters, self.ring.enters);
             self.ring.enters = 0;
+            // Housekeeping before the batch's clock reading, not between it
+            // and the submit: its system calls would add to the send latency
+            // of exactly the replies of a quiet server.
             if last_watch.elapsed() >= watchdog_interval {
                 last_watch = Instant::now();
                 self.watch_sockets()?;
@@ -312,6 +300,7 @@ impl Worker {
                 last_tick = Instant::now();
                 self.tick(last_tick);
             }
+            self.flush_batch()?;
         }
         self.shutdown();
         Ok(())
@@ -548,11 +537,14 @@ impl Worker {
         let tx_on = self.cfg.tx_mode != TxTimestampMode::Off;
         let sock = &mut self.sockets[socket];
         let interleave = reply.want_tx_timestamp && tx_on;
+        // Its place in the batch of sends, and how long the worker was idle
+        // before it (see crate::server::sendlatency).
+        let situation = Situation::new(wake.diff_nanos(self.last_flush), self.batch.len());
         let calibrate = !interleave
             && patch
             && tx_on
             && self.cfg.compensate_send_latency
-            && sock.calibration_due(wake);
+            && sock.latency.sample_due(situation, wake);
         let want_tx = interleave || calibrate;
         // Keys are handed out in send order, so they also match the socket's own
         // counter when SCM_TS_OPT_ID is unavailable.
@@ -579,6 +571,7 @@ impl Worker {
             want_tx,
             interleave,
             tx_key,
+            situation,
         });
     }
 
@@ -590,15 +583,17 @@ impl Worker {
         }
         let now = self.served_now();
         let sent_at = Instant::now();
+        self.last_flush = now;
         for i in 0..self.batch.len() {
             let q = self.batch[i];
             let sock = &mut self.sockets[q.socket];
-            // The reading plus the send latency estimated for this place in the
-            // batch: the best estimate of the transmit time a basic reply can
-            // carry (the batch's replies leave one after the other).
+            // The reading plus a low quantile of the send latencies measured
+            // in the same situation (place in the batch, idle time before
+            // it): a transmit time as close as it can be to the real one
+            // while staying before it (see crate::server::sendlatency).
             let position = u16::try_from(i).unwrap_or(u16::MAX);
             let latency = if self.cfg.compensate_send_latency {
-                sock.latency.estimate(position).unwrap_or(0)
+                sock.latency.estimate(q.situation, position)
             } else {
                 0
             };
@@ -611,6 +606,7 @@ impl Worker {
                     served_receive: q.served_receive,
                     pre_send: now,
                     position,
+                    situation: q.situation,
                     estimate: transmit,
                     interleave: q.interleave,
                 };
@@ -721,11 +717,12 @@ impl Worker {
     }
 
     /// Once a second: count as missed the transmit timestamps that did not
-    /// come in time, and refit the send latency's growth along a batch.
+    /// come in time, and let old send-latency samples expire.
     fn tick(&mut self, now: Instant) {
+        let served = self.served_now();
         for sock in &mut self.sockets {
             add(&self.cfg.stats.tx_ts_missed, sock.pending.sweep(now));
-            sock.latency.refit();
+            sock.latency.refit(served);
         }
     }
 
@@ -788,8 +785,12 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
     } else {
         &stats.tx_ts_kernel
     });
-    sock.latency
-        .add(sent.position, exact.diff_nanos(sent.pre_send));
+    sock.latency.add(
+        sent.situation,
+        sent.position,
+        exact.diff_nanos(sent.pre_send),
+        exact,
+    );
     // How far the served estimate was from the real transmit time (the error a
     // basic reply's transmit timestamp carries).
     stats.record_estimate_error(exact.diff_nanos(sent.estimate));

@@ -59,6 +59,8 @@
 #   ACC_SECS_FAST, ACC_SECS_SLOW      seconds per run      default 12, 40
 #   ACC_WARMUP_FAST, ACC_WARMUP_SLOW  seconds dropped      default 2, 8
 #   ACC_SERVERS      servers per cell                      default "hwntpd chronyd"
+#   ACC_MODES        the client's sources: basic, xleave or both (one
+#                    client, two sources, polled side by side)  default "basic xleave"
 #   ACC_LOAD_RATE    the background load's rate (cells with load != 0 use it)
 #   ACC_TOLERANCE    relative slack for the xleave goal    default 0.10
 #   ACC_SERVER_CPU, ACC_CLIENT_CPU  cores when pinned      default 1, 0
@@ -77,6 +79,7 @@ SECS_SLOW=${ACC_SECS_SLOW:-40}
 WARM_FAST=${ACC_WARMUP_FAST:-2}
 WARM_SLOW=${ACC_WARMUP_SLOW:-8}
 SERVERS=${ACC_SERVERS:-"hwntpd chronyd"}
+MODES=${ACC_MODES:-"basic xleave"}
 LOAD_RATE=${ACC_LOAD_RATE:-20000}
 TOL=${ACC_TOLERANCE:-0.10}
 SERVER_CPU=${ACC_SERVER_CPU:-1}
@@ -122,6 +125,9 @@ done
 [ "$LOAD_RATE" -le 200000 ] || die "ACC_LOAD_RATE must be at most 200000"
 for s in $SERVERS; do
     case $s in hwntpd|chronyd) ;; *) die "unknown server '$s' in ACC_SERVERS" ;; esac
+done
+for m in $MODES; do
+    case $m in basic|xleave) ;; *) die "unknown mode '$m' in ACC_MODES" ;; esac
 done
 
 # The cells: "pin rt workers poll load" per line.
@@ -223,9 +229,15 @@ start_server() {
 start_client() {
     local poll=$1 dir=$2
     rm -f "$SOCKDIR/client.sock" "$SOCKDIR/client.pid"
-    cat >"$dir/client.conf" <<EOF
-server $SRV_IP port $PORT minpoll $poll maxpoll $poll noselect
-server $SRV_IP2 port $PORT minpoll $poll maxpoll $poll noselect xleave
+    {
+        case " $MODES " in *" basic "*)
+            echo "server $SRV_IP port $PORT minpoll $poll maxpoll $poll noselect" ;;
+        esac
+        case " $MODES " in *" xleave "*)
+            echo "server $SRV_IP2 port $PORT minpoll $poll maxpoll $poll noselect xleave" ;;
+        esac
+    } >"$dir/client.conf"
+    cat >>"$dir/client.conf" <<EOF
 port 0
 cmdport 0
 bindcmdaddress $SOCKDIR/client.sock
@@ -290,5 +302,5 @@ done <<<"$CELL_LIST"
 
 # --- report -----------------------------------------------------------------
 python3 -B "$ROOT/scripts/lib/accuracy_report.py" "$OUT" "$SRV_IP" "$SRV_IP2" "$TOL" \
-    "$WARM_FAST" "$WARM_SLOW" "$SERVERS" || failed=1
+    "$WARM_FAST" "$WARM_SLOW" "$SERVERS" "$MODES" || failed=1
 exit "$failed"

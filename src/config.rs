@@ -187,10 +187,14 @@ pub struct Args {
     #[arg(long, default_value_t = 65536, value_name = "N")]
     pub interleave_entries: usize,
 
-    /// Basic replies: add the smallest recently measured send latency (kernel or
-    /// NIC transmit timestamp minus the pre-send clock reading, sampled at most
-    /// every 10 ms per socket) to the transmit timestamp, so it lies closer to
-    /// the moment the reply left. "off" serves the bare pre-send reading.
+    /// Basic replies: add a low quantile (about the 5th percentile) of the send
+    /// latencies (kernel or NIC transmit timestamp minus the pre-send clock
+    /// reading) measured in the last 10 minutes in the same situation (place in
+    /// the batch of sends, idle time before it) to the transmit timestamp, so it
+    /// lies just before the moment the reply left; 0 until 8 fresh samples exist.
+    /// Basic replies ask for a transmit timestamp at most once per 5 ms per
+    /// situation and socket (every reply of a quiet server). "off" serves the
+    /// bare pre-send reading and asks for none.
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub send_latency_comp: OnOffArg,
 

@@ -4,7 +4,7 @@ mode, the client's offsets and delays with every sample counted and with
 chrony's own filtering; hwntpd's server-side transmit-estimate error; one line
 per goal; then a summary of every cell.
 
-Usage: accuracy_report.py OUT SRV_IP SRV_IP2 TOLERANCE WARM_FAST WARM_SLOW SERVERS
+Usage: accuracy_report.py OUT SRV_IP SRV_IP2 TOLERANCE WARM_FAST WARM_SLOW SERVERS MODES
 (SRV_IP is the basic-mode source, SRV_IP2 the interleaved one)."""
 import datetime
 import os
@@ -110,8 +110,8 @@ def fmt(v, spec=".2f"):
 
 
 def main():
-    out, ip1, ip2, tol, warm_fast, warm_slow, servers = sys.argv[1:8]
-    tol, servers = float(tol), servers.split()
+    out, ip1, ip2, tol, warm_fast, warm_slow, servers, modes = sys.argv[1:9]
+    tol, servers, modes = float(tol), servers.split(), modes.split()
     warm = {"-6": int(warm_fast), "0": int(warm_slow)}
     cells = [c.split() for c in open(os.path.join(out, "cells.txt")) if c.strip()]
     summary = []
@@ -131,6 +131,8 @@ def main():
             m = measurements(os.path.join(d, "measurements.log"), warm[poll])
             ss = sourcestats(os.path.join(d, "sourcestats.csv"))
             for mode, ip in (("basic", ip1), ("xleave", ip2)):
+                if mode not in modes:
+                    continue
                 s = stats(m.get(ip, []))
                 if s is None:
                     failed = True

@@ -46,12 +46,11 @@
 use crate::protocol::NtpTimestamp;
 
 /// Idle time before a batch (since the worker's previous send) that makes it
-/// "warm" below, "cool" from here on.
-pub const COOL_AFTER_NS: i64 = 200_000;
-/// Idle time from which a batch is "cold".
-pub const COLD_AFTER_NS: i64 = 50_000_000;
-/// Idle classes: warm, cool, cold.
-pub const IDLE_CLASSES: usize = 3;
+/// "warm" below, "cold" from here on. (A third class from 50 ms on measured
+/// no different from 0.2-50 ms here, and starved the sparser of the two.)
+pub const COLD_AFTER_NS: i64 = 200_000;
+/// Idle classes: warm, cold.
+pub const IDLE_CLASSES: usize = 2;
 /// Place classes: 0, 1, 2, 3, 4-5, 6-7, 8-11, 12-15, 16-23, 24-31, 32-47,
 /// 48-63, 64 and later.
 pub const PLACE_CLASSES: usize = 13;
@@ -83,13 +82,7 @@ impl Situation {
     /// sent after the worker was idle for `idle_ns` (negative or 0: it sent
     /// something during this same turn).
     pub fn new(idle_ns: i64, place: usize) -> Self {
-        let idle = if idle_ns >= COLD_AFTER_NS {
-            2
-        } else if idle_ns >= COOL_AFTER_NS {
-            1
-        } else {
-            0
-        };
+        let idle = usize::from(idle_ns >= COLD_AFTER_NS);
         let place = match place {
             0..=3 => place,
             4..=5 => 4,
@@ -110,7 +103,7 @@ impl Situation {
         usize::from(self.0)
     }
 
-    /// Idle class: 0 warm, 1 cool, 2 cold.
+    /// Idle class: 0 warm, 1 cold.
     pub fn idle_class(self) -> usize {
         self.index() / PLACE_CLASSES
     }
@@ -332,12 +325,13 @@ mod tests {
     fn situations() {
         assert_eq!(Situation::new(-5, 0).index(), 0);
         assert_eq!(Situation::new(0, 3).place_class(), 3);
-        assert_eq!(Situation::new(COOL_AFTER_NS, 9).idle_class(), 1);
-        assert_eq!(Situation::new(COOL_AFTER_NS, 9).place_class(), 6);
-        let cold = Situation::new(COLD_AFTER_NS, 1000);
+        assert_eq!(Situation::new(COLD_AFTER_NS - 1, 9).idle_class(), 0);
+        assert_eq!(Situation::new(COLD_AFTER_NS, 9).idle_class(), 1);
+        assert_eq!(Situation::new(COLD_AFTER_NS, 9).place_class(), 6);
+        let cold = Situation::new(60_000_000_000, 1000);
         assert_eq!(
             (cold.idle_class(), cold.place_class()),
-            (2, PLACE_CLASSES - 1)
+            (1, PLACE_CLASSES - 1)
         );
         assert_eq!(cold.index(), SITUATIONS - 1);
     }

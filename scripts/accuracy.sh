@@ -1,44 +1,71 @@
 #!/usr/bin/env bash
-# Accuracy comparison: hwntpd and chronyd as servers, measured by a chronyd
-# client, with and without interleaved mode (xleave).
+# Accuracy matrix: hwntpd and chronyd as servers, measured by a chronyd client
+# in basic and in interleaved mode (xleave), in every setup of issue 11.
 #
 # A server network namespace and a client network namespace are joined by a
 # veth pair (198.18.1.0/30, the RFC 2544 benchmarking range, existing only in
-# the namespaces this script creates). The server (hwntpd, then chronyd) runs
-# pinned to SERVER_CPU, the client chronyd (-x: it never touches the clock)
-# pinned to CLIENT_CPU, polling every 1/64 s (minpoll -6 maxpoll -6). Both
-# namespaces read the same CLOCK_REALTIME, so the true offset is 0 and every
-# measured offset is an error.
+# the namespaces this script creates); the server has a second address
+# (198.18.1.5) on the same link. The client is chronyd -x (it never touches
+# the clock) with two sources, both `noselect` (with -x chronyd still steers a
+# virtual clock toward a selected source, which would hide part of the
+# server's error; a never-selected source leaves the client's clock the raw
+# CLOCK_REALTIME): the server's first address in basic mode, its second in
+# interleaved mode. Both namespaces read the same CLOCK_REALTIME, so the true
+# offset is 0 and every measured offset is an error.
 #
-# Four runs of ACC_SECONDS each, by default in this order: hwntpd basic,
-# chronyd basic, hwntpd xleave, chronyd xleave (the two runs compared with each
-# other are next to each other in time, so a change in the load of a shared
-# machine biases them less). The client polls with `noselect`: with -x chronyd
-# still steers a virtual clock toward a selected source, which would hide part
-# of the server's error; a never-selected source leaves the client's clock the
-# raw CLOCK_REALTIME. From chrony's measurement log
-# (after dropping the first ACC_WARMUP samples) it prints offset mean, median
-# and standard deviation, median |offset|, RMS error, median delay and the
-# fraction of interleaved replies, next to `chronyc ntpdata` / `sourcestats`,
-# then one verdict line per goal:
-#   1. hwntpd's interleaved offset error is no worse than chronyd's
-#      (median |offset| within ACC_TOLERANCE of chronyd's);
-#   2. hwntpd's basic-mode offset error is smaller than chronyd's.
-# The verdicts are reported, not enforced: the exit status is non-zero only
-# when something could not be set up or a run produced no samples.
+# The matrix (issue 11, point 2), one cell per combination of:
+#   pin      1: server on ACC_SERVER_CPU, client and load on ACC_CLIENT_CPU
+#            (taskset); 0: no pinning
+#   rt       1: server and client SCHED_FIFO (chrt -f 10); 0: normal priority
+#   workers  hwntpd --workers 1 or 2 (chronyd has one thread either way: its
+#            run is simply repeated)
+#   poll     client poll interval 2^-6 s or 2^0 s (minpoll = maxpoll)
+#   load     0: idle server; 20000: hwntpd-bench load offers 20k requests/s
+#            of basic-mode background load to the server's first address
+# In each cell hwntpd and chronyd run one after the other (which one first
+# alternates from cell to cell), each for ACC_SECS_FAST (poll 2^-6 s) or
+# ACC_SECS_SLOW (poll 1 s) seconds; the samples of the first ACC_WARMUP_FAST /
+# ACC_WARMUP_SLOW seconds are dropped (the client's start, and hwntpd's
+# send-latency estimator collecting its first samples).
 #
-# Needs root (namespaces). Bounded in time: about 4 x (ACC_SECONDS + 3) s after
-# the build. Environment knobs:
-#   ACC_SECONDS      seconds of polling per run                 default 30
-#   ACC_WARMUP       samples dropped at the start of each run   default 10
-#   ACC_RUNS         runs, in order, as SERVER:MODE             default
-#                    "hwntpd:basic chronyd:basic hwntpd:xleave chronyd:xleave"
-#   ACC_ROUNDS       repeat the whole list of runs this many times and pool
-#                    the samples (e.g. ACC_ROUNDS=3 ACC_SECONDS=10: the same
-#                    time, less exposed to load changes)        default 1
-#   ACC_TOLERANCE    relative slack for goal 1                  default 0.10
-#   ACC_SERVER_CPU, ACC_CLIENT_CPU  cores                       default 1, 0
-#   ACC_RT=1         run server and client as SCHED_FIFO (chrt -f 10)
+# Per cell and per server and mode it prints, from the client's measurement
+# log: with every sample counted, the median and mean offset, the standard
+# deviation, the median and the minimum delay; with chrony's own filtering
+# (the samples whose tests A-D passed: the ones chronyd itself would use)
+# their count, median, mean and standard deviation, and chronyc sourcestats'
+# regression offset at the end of the run. For hwntpd it prints the
+# server-side distribution of the basic transmit estimate's error
+# (hwntpd_transmit_estimate_lag_seconds: exact transmit time - estimate, for
+# every reply whose transmit time was measured), its percentiles and the
+# fraction of estimates after the real transmit time. Then one line per goal:
+#   basic:  hwntpd's |median offset| and standard deviation below chronyd's
+#           (all samples; the chrony-filtered comparison is printed with it)
+#   xleave: hwntpd's median |offset| no worse than chronyd's x (1 + ACC_TOLERANCE)
+# and at the end a summary of every cell. The verdicts are reported, not
+# enforced: the exit status is non-zero only when something could not be set
+# up or a run produced no samples. The load average is logged per cell (on a
+# shared machine, other people's jobs are part of the result).
+#
+# Needs root (namespaces). Bounded in time: each cell takes about
+# 2 x (seconds + 3) s; ACC_CELLS=quick (4 cells) about 3 minutes, full
+# (32 cells) about 28 minutes with the defaults. Environment knobs:
+#   ACC_CELLS        quick | full | a filter: space-separated KEY=V1,V2 over
+#                    pin, rt, workers, poll (-6 or 0), load (0 or 20000), e.g.
+#                    "pin=1 poll=0" (8 cells)                default quick
+#                    quick = pin=1 rt=0 workers=2 poll=-6 load=0,
+#                            pin=1 rt=0 workers=2 poll=0 load=0,
+#                            pin=0 rt=0 workers=2 poll=-6 load=20000,
+#                            pin=1 rt=1 workers=1 poll=-6 load=0
+#   ACC_SECS_FAST, ACC_SECS_SLOW      seconds per run      default 12, 40
+#   ACC_WARMUP_FAST, ACC_WARMUP_SLOW  seconds dropped      default 2, 8
+#   ACC_SERVERS      servers per cell                      default "hwntpd chronyd"
+#   ACC_MODES        the client's sources: basic, xleave or both (one
+#                    client, two sources, polled side by side)  default "basic xleave"
+#   ACC_LOAD_RATE    the background load's rate (cells with load != 0 use it)
+#   ACC_TOLERANCE    relative slack for the xleave goal    default 0.10
+#   ACC_SERVER_CPU, ACC_CLIENT_CPU  cores when pinned      default 1, 0
+#   ACC_HWNTPD_ARGS  extra hwntpd arguments (e.g. "--send-latency-comp off")
+#   ACC_HWNTPD       the hwntpd binary (A/B runs)    default target/release/hwntpd
 #   ACC_BUILD=0      skip `cargo build --release`
 #   ACC_OUT          result directory          default target/accuracy/<time>
 set -euo pipefail
@@ -46,29 +73,35 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib/common.sh
 . "$ROOT/scripts/lib/common.sh"
-SECS=${ACC_SECONDS:-30}
-WARMUP=${ACC_WARMUP:-10}
-RUNS=${ACC_RUNS:-"hwntpd:basic chronyd:basic hwntpd:xleave chronyd:xleave"}
+CELLS=${ACC_CELLS:-quick}
+SECS_FAST=${ACC_SECS_FAST:-12}
+SECS_SLOW=${ACC_SECS_SLOW:-40}
+WARM_FAST=${ACC_WARMUP_FAST:-2}
+WARM_SLOW=${ACC_WARMUP_SLOW:-8}
+SERVERS=${ACC_SERVERS:-"hwntpd chronyd"}
+MODES=${ACC_MODES:-"basic xleave"}
+LOAD_RATE=${ACC_LOAD_RATE:-20000}
 TOL=${ACC_TOLERANCE:-0.10}
-ROUNDS=${ACC_ROUNDS:-1}
 SERVER_CPU=${ACC_SERVER_CPU:-1}
 CLIENT_CPU=${ACC_CLIENT_CPU:-0}
-RT=${ACC_RT:-0}
+HWNTPD_ARGS=${ACC_HWNTPD_ARGS:-}
 BUILD=${ACC_BUILD:-1}
 OUT=${ACC_OUT:-$ROOT/target/accuracy/$(date +%Y%m%d-%H%M%S)}
 
-HWNTPD=$ROOT/target/release/hwntpd
+HWNTPD=${ACC_HWNTPD:-$ROOT/target/release/hwntpd}
+BENCH=$ROOT/target/release/hwntpd-bench
 netns_names hwacc hwa 198.18.1
+SRV_IP2=198.18.1.5
 SRV_PID=
 CLI_PID=
+LOAD_PID=
 SLEEP_PID=
 SOCKDIR=
-
-
 
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
     [ -n "$SLEEP_PID" ] && kill "$SLEEP_PID" 2>/dev/null
+    stop_pid "$LOAD_PID"
     stop_pid "$CLI_PID"
     stop_pid "$SRV_PID"
     remove_veth_pair "$NS_SRV" "$NS_CLI"
@@ -77,21 +110,62 @@ cleanup() {
 }
 trap_cleanup cleanup
 
+whole() { case $2 in ''|*[!0-9]*) die "$1 must be a whole number" ;; esac; }
+
 # --- checks and tools -------------------------------------------------------
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
-case $SECS in ''|*[!0-9]*) die "ACC_SECONDS must be a whole number of seconds" ;; esac
-case $WARMUP in ''|*[!0-9]*) die "ACC_WARMUP must be a whole number of samples" ;; esac
-case $ROUNDS in ''|0|*[!0-9]*) die "ACC_ROUNDS must be a positive whole number" ;; esac
-[ "$ROUNDS" -le 20 ] || die "ACC_ROUNDS must be at most 20"
-if [ "$SECS" -lt 5 ] || [ "$SECS" -gt 600 ]; then die "ACC_SECONDS must be 5..600"; fi
-for run in $RUNS; do
-    case $run in hwntpd:basic|hwntpd:xleave|chronyd:basic|chronyd:xleave) ;;
-    *) die "unknown run '$run' in ACC_RUNS (SERVER:MODE, hwntpd|chronyd : basic|xleave)" ;;
-    esac
+whole ACC_SECS_FAST "$SECS_FAST"; whole ACC_SECS_SLOW "$SECS_SLOW"
+whole ACC_WARMUP_FAST "$WARM_FAST"; whole ACC_WARMUP_SLOW "$WARM_SLOW"
+whole ACC_LOAD_RATE "$LOAD_RATE"
+for s in "$SECS_FAST" "$SECS_SLOW"; do
+    if [ "$s" -lt 5 ] || [ "$s" -gt 600 ]; then die "ACC_SECS_* must be 5..600"; fi
 done
-require_tools ip taskset python3 timeout
-[ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and client will share one"
+[ "$WARM_FAST" -lt "$SECS_FAST" ] && [ "$WARM_SLOW" -lt "$SECS_SLOW" ] ||
+    die "the warm-up must be shorter than the run"
+[ "$LOAD_RATE" -le 200000 ] || die "ACC_LOAD_RATE must be at most 200000"
+for s in $SERVERS; do
+    case $s in hwntpd|chronyd) ;; *) die "unknown server '$s' in ACC_SERVERS" ;; esac
+done
+for m in $MODES; do
+    case $m in basic|xleave) ;; *) die "unknown mode '$m' in ACC_MODES" ;; esac
+done
 
+# The cells: "pin rt workers poll load" per line.
+all_cells() {
+    local pin rt w poll load
+    for pin in 1 0; do for rt in 0 1; do for w in 1 2; do for poll in -6 0; do for load in 0 20000; do
+        echo "$pin $rt $w $poll $load"
+    done; done; done; done; done
+}
+case $CELLS in
+quick) CELL_LIST=$'1 0 2 -6 0\n1 0 2 0 0\n0 0 2 -6 20000\n1 1 1 -6 0' ;;
+full) CELL_LIST=$(all_cells) ;;
+*)
+    # A filter: KEY=V1,V2 ...
+    declare -A want=()
+    for tok in $CELLS; do
+        key=${tok%%=*} vals=${tok#*=}
+        case $key in pin|rt|workers|poll|load) ;;
+        *) die "ACC_CELLS: unknown key '$key' (quick, full, or KEY=V1,V2 over pin rt workers poll load)" ;;
+        esac
+        [ "$tok" != "$key" ] || die "ACC_CELLS: '$tok' is not KEY=VALUES"
+        want[$key]=",$vals,"
+    done
+    CELL_LIST=$(all_cells | while read -r pin rt w poll load; do
+        ok=1
+        for kv in "pin:$pin" "rt:$rt" "workers:$w" "poll:$poll" "load:$load"; do
+            k=${kv%%:*} v=${kv#*:}
+            if [ -n "${want[$k]:-}" ] && [[ ${want[$k]} != *",$v,"* ]]; then ok=0; fi
+        done
+        if [ "$ok" = 1 ]; then echo "$pin $rt $w $poll $load"; fi
+    done)
+    ;;
+esac
+[ -n "$CELL_LIST" ] || die "ACC_CELLS '$CELLS' selects no cell"
+NCELLS=$(printf '%s\n' "$CELL_LIST" | wc -l)
+
+require_tools ip taskset chrt python3 timeout
+[ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and client will share one"
 have_or_install chrony chronyd chronyc || die "cannot install chrony"
 CHRONYD=$(command -v chronyd)
 CHRONYC=$(command -v chronyc)
@@ -99,40 +173,49 @@ log "$("$CHRONYD" --version | head -n1)"
 
 if [ "$BUILD" = 1 ]; then
     log "building hwntpd (cargo build --release)"
-    (cd "$ROOT" && cargo build --release --bin hwntpd) || die "cannot build hwntpd"
+    (cd "$ROOT" && cargo build --release --bin hwntpd --bin hwntpd-bench) || die "cannot build hwntpd"
 fi
-case " $RUNS " in *" hwntpd:"*) [ -x "$HWNTPD" ] || die "$HWNTPD missing (run with ACC_BUILD=1)" ;; esac
+case " $SERVERS " in *" hwntpd "*) [ -x "$HWNTPD" ] || die "$HWNTPD missing (run with ACC_BUILD=1)" ;; esac
+if printf '%s\n' "$CELL_LIST" | awk '$5 != 0 {f=1} END {exit !f}'; then
+    [ -x "$BENCH" ] || die "$BENCH missing (run with ACC_BUILD=1)"
+fi
 mkdir -p "$OUT"
 # chronyd wants its command socket directory private (0700/0750); a short
 # path under /tmp also keeps the socket name below the 108-byte limit.
 SOCKDIR=$(mktemp -d /tmp/hwacc.XXXXXX)
 chmod 0700 "$SOCKDIR"
-log "results in $OUT"
+log "$NCELLS cell(s); results in $OUT"
 
 # --- namespaces -------------------------------------------------------------
 make_veth_pair "$NS_SRV" "$NS_CLI" "$VETH_SRV" "$VETH_CLI" "$SRV_IP" "$CLI_IP"
+ip -n "$NS_SRV" addr add "$SRV_IP2/32" dev "$VETH_SRV"
+ip -n "$NS_CLI" route add "$SRV_IP2/32" dev "$VETH_CLI"
 
-# Both run in the background (`in_srv ... &`): exec, so that $! is the
-# daemon's own pid (ip netns exec, taskset and chrt exec in turn).
-PRIO=()
-[ "$RT" = 1 ] && PRIO=(chrt -f 10)
-in_srv() { exec ip netns exec "$NS_SRV" taskset -c "$SERVER_CPU" "${PRIO[@]}" "$@"; }
-in_cli() { exec ip netns exec "$NS_CLI" taskset -c "$CLIENT_CPU" "${PRIO[@]}" "$@"; }
+# Set per cell: PIN_SRV / PIN_CLI (taskset prefixes), PRIO (chrt prefix).
+PIN_SRV=() PIN_CLI=() PRIO=()
+# Run in the background (`in_srv ... &`): exec, so that $! is the daemon's own
+# pid (ip netns exec, taskset and chrt exec in turn).
+in_srv() { exec ip netns exec "$NS_SRV" "${PIN_SRV[@]}" "${PRIO[@]}" "$@"; }
+in_cli() { exec ip netns exec "$NS_CLI" "${PIN_CLI[@]}" "${PRIO[@]}" "$@"; }
+in_load() { exec ip netns exec "$NS_CLI" "${PIN_CLI[@]}" "$@"; }
 
-# start_server NAME DIR: sets SRV_PID.
+# start_server NAME DIR WORKERS: sets SRV_PID.
 start_server() {
-    local name=$1 dir=$2
+    local name=$1 dir=$2 workers=$3
     case $name in
     hwntpd)
-        in_srv "$HWNTPD" --listen "$SRV_IP:$PORT" --reference local --workers 1 \
-            --stats-file "$dir/hwntpd.prom" --stats-interval 1 >"$dir/server.log" 2>&1 &
+        # shellcheck disable=SC2086  # extra arguments, split on purpose
+        in_srv "$HWNTPD" --listen "$SRV_IP:$PORT" --listen "$SRV_IP2:$PORT" --reference local \
+            --workers "$workers" --stats-file "$dir/hwntpd.prom" --stats-interval 1 \
+            $HWNTPD_ARGS >"$dir/server.log" 2>&1 &
         SRV_PID=$!
         ;;
     chronyd)
-        # A stratum-1 server on its own clock. No clock control (-x); no rate
-        # limit (ratelimit is off unless configured); the client log stays on
-        # (the default), which chronyd needs to answer in interleaved mode.
-        chrony_server_conf "$SRV_IP" "$PORT" "$SOCKDIR/server.pid" >"$dir/server.conf"
+        # A stratum-1 server on its own clock, on every address of its
+        # namespace. No clock control (-x); no rate limit (ratelimit is off
+        # unless configured); the client log stays on (the default), which
+        # chronyd needs to answer in interleaved mode.
+        chrony_server_conf 0.0.0.0 "$PORT" "$SOCKDIR/server.pid" >"$dir/server.conf"
         in_srv "$CHRONYD" -x -d -u root -f "$dir/server.conf" >"$dir/server.log" 2>&1 &
         SRV_PID=$!
         ;;
@@ -142,13 +225,19 @@ start_server() {
         cat "$dir/server.log" >&2; die "$name did not start (see $dir/server.log)"; }
 }
 
-# start_client MODE DIR: sets CLI_PID.
+# start_client POLL DIR: sets CLI_PID.
 start_client() {
-    local mode=$1 dir=$2 xleave=
-    [ "$mode" = xleave ] && xleave=xleave
+    local poll=$1 dir=$2
     rm -f "$SOCKDIR/client.sock" "$SOCKDIR/client.pid"
-    cat >"$dir/client.conf" <<EOF
-server $SRV_IP port $PORT minpoll -6 maxpoll -6 noselect $xleave
+    {
+        case " $MODES " in *" basic "*)
+            echo "server $SRV_IP port $PORT minpoll $poll maxpoll $poll noselect" ;;
+        esac
+        case " $MODES " in *" xleave "*)
+            echo "server $SRV_IP2 port $PORT minpoll $poll maxpoll $poll noselect xleave" ;;
+        esac
+    } >"$dir/client.conf"
+    cat >>"$dir/client.conf" <<EOF
 port 0
 cmdport 0
 bindcmdaddress $SOCKDIR/client.sock
@@ -165,221 +254,53 @@ chronyc_cli() { # a chronyc command to the client, bounded in time
 }
 
 failed=0
-for round in $(seq 1 "$ROUNDS"); do
-for run in $RUNS; do
-    name=${run%%:*} mode=${run#*:}
-    dir=$OUT/$name-$mode-r$round
-    mkdir -p "$dir"
-    log "round $round/$ROUNDS: $name $mode, ${SECS}s"
-    start_server "$name" "$dir"
-    start_client "$mode" "$dir"
-    # `wait` returns at once on a signal (a foreground sleep would delay the trap).
-    sleep "$SECS" & SLEEP_PID=$!
-    wait "$SLEEP_PID"; SLEEP_PID=
-    if ! kill -0 "$CLI_PID" 2>/dev/null; then
-        cat "$dir/client.log" >&2
-        die "client chronyd exited early (see $dir/client.log)"
-    fi
-    chronyc_cli ntpdata >"$dir/ntpdata.txt" 2>&1 || log "chronyc ntpdata failed (see $dir/ntpdata.txt)"
-    chronyc_cli sourcestats >"$dir/sourcestats.txt" 2>&1 || log "chronyc sourcestats failed"
-    chronyc_cli -c sourcestats >"$dir/sourcestats.csv" 2>&1 || true
-    stop_pid "$CLI_PID"; CLI_PID=
-    stop_pid "$SRV_PID"; SRV_PID=
-    if ! grep -q '^[0-9]' "$dir/measurements.log" 2>/dev/null; then
-        log "$name $mode: no measurements (see $dir/client.log, $dir/server.log)"
-        failed=1
-    fi
-done
-done
+cell=0
+printf '%s\n' "$CELL_LIST" >"$OUT/cells.txt"
+while read -r pin rt workers poll load; do
+    cell=$((cell + 1))
+    PIN_SRV=() PIN_CLI=() PRIO=()
+    if [ "$pin" = 1 ]; then PIN_SRV=(taskset -c "$SERVER_CPU"); PIN_CLI=(taskset -c "$CLIENT_CPU"); fi
+    if [ "$rt" = 1 ]; then PRIO=(chrt -f 10); fi
+    secs=$SECS_FAST
+    if [ "$poll" = 0 ]; then secs=$SECS_SLOW; fi
+    order=$SERVERS
+    # shellcheck disable=SC2086  # a list of names
+    if [ $((cell % 2)) = 0 ]; then order=$(printf '%s\n' $SERVERS | tac | xargs); fi
+    for name in $order; do
+        dir=$OUT/cell$cell-$name
+        mkdir -p "$dir"
+        echo "$pin $rt $workers $poll $load $secs" >"$dir/cell"
+        cat /proc/loadavg >"$dir/loadavg.start"
+        log "cell $cell/$NCELLS (pin=$pin rt=$rt workers=$workers poll=$poll load=$load): $name, ${secs}s"
+        start_server "$name" "$dir" "$workers"
+        if [ "$load" != 0 ]; then
+            in_load "$BENCH" load --server "$SRV_IP:$PORT" --rate "$LOAD_RATE" \
+                --duration "$((secs + 2))" --clients 64 --batch 16 --stop-after-fail 0 \
+                --max-requests "$((LOAD_RATE * (secs + 3)))" >"$dir/load.txt" 2>&1 &
+            LOAD_PID=$!
+        fi
+        start_client "$poll" "$dir"
+        # `wait` returns at once on a signal (a foreground sleep would delay the trap).
+        sleep "$secs" & SLEEP_PID=$!
+        wait "$SLEEP_PID"; SLEEP_PID=
+        if ! kill -0 "$CLI_PID" 2>/dev/null; then
+            cat "$dir/client.log" >&2
+            die "client chronyd exited early (see $dir/client.log)"
+        fi
+        chronyc_cli -c sourcestats >"$dir/sourcestats.csv" 2>&1 || true
+        chronyc_cli ntpdata >"$dir/ntpdata.txt" 2>&1 || true
+        cat /proc/loadavg >"$dir/loadavg.end"
+        stop_pid "$CLI_PID"; CLI_PID=
+        stop_pid "$LOAD_PID"; LOAD_PID=
+        stop_pid "$SRV_PID"; SRV_PID=
+        if ! grep -q '^[0-9]' "$dir/measurements.log" 2>/dev/null; then
+            log "cell $cell $name: no measurements (see $dir/client.log, $dir/server.log)"
+            failed=1
+        fi
+    done
+done <<<"$CELL_LIST"
 
 # --- report -----------------------------------------------------------------
-python3 - "$OUT" "$RUNS" "$WARMUP" "$TOL" "$SECS" "$ROUNDS" <<'PY' || failed=1
-import math, os, re, statistics, sys
-
-out, runs, warmup, tol, secs, rounds = (sys.argv[1], sys.argv[2].split(), int(sys.argv[3]),
-                                        float(sys.argv[4]), sys.argv[5], int(sys.argv[6]))
-
-def measurements(path):
-    """Samples from chrony's measurements.log: columns are date, time, IP, leap,
-    stratum, tests 1-3, tests 5-7, tests A-D, local poll, remote poll, score,
-    offset, peak delay, peak dispersion, root delay, root dispersion, refid,
-    mode (4B basic / 4I interleaved), TX and RX timestamp source."""
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    for line in open(path):
-        f = line.split()
-        if len(f) < 18 or not re.match(r"\d{4}-\d\d-\d\d$", f[0]):
-            continue
-        try:
-            rows.append({"offset": float(f[11]), "delay": float(f[12]), "mode": f[17],
-                         "good": f[7] == "1111",
-                         "ts": " ".join(f[18:20])})
-        except ValueError:
-            continue
-    return rows
-
-def ntpdata(path):
-    d = {}
-    if os.path.exists(path):
-        for line in open(path):
-            if ":" in line:
-                k, v = line.split(":", 1)
-                d[k.strip()] = v.strip()
-    return d
-
-def sourcestats(path):
-    """Offset and Std Dev (seconds) from `chronyc -c sourcestats`: name, NP,
-    NR, span, frequency, skew, offset, std dev."""
-    if os.path.exists(path):
-        for line in open(path):
-            f = line.strip().split(",")
-            if len(f) >= 8:
-                try:
-                    return float(f[6]), float(f[7]), int(f[1])
-                except ValueError:
-                    pass
-    return None
-
-def hwntpd_stats(path):
-    """hwntpd's Prometheus stats file, names without the hwntpd_ prefix."""
-    d = {}
-    if os.path.exists(path):
-        for line in open(path):
-            f = line.split()
-            if len(f) == 2 and f[0].startswith("hwntpd_"):
-                try:
-                    d[f[0][len("hwntpd_"):]] = float(f[1])
-                except ValueError:
-                    pass
-    return d
-
-def secs_field(v):
-    m = re.match(r"([-+0-9.eE]+) seconds", v or "")
-    return float(m.group(1)) if m else None
-
-US = 1e6
-res = {}
-for run in runs:
-    name, mode = run.split(":")
-    dirs = [os.path.join(out, f"{name}-{mode}-r{i}") for i in range(1, rounds + 1)]
-    total, rows = 0, []
-    for d in dirs:  # pool the rounds, each without its warm-up
-        m = measurements(os.path.join(d, "measurements.log"))
-        total += len(m)
-        rows += m[warmup:]
-    d = dirs[-1]  # chronyc and hwntpd stats: the last round
-    r = {"label": f"{name} {mode}", "total": total, "n": len(rows)}
-    if rows:
-        off = [x["offset"] for x in rows]
-        r["mean"] = statistics.fmean(off) * US
-        r["median"] = statistics.median(off) * US
-        r["sd"] = (statistics.stdev(off) if len(off) > 1 else 0.0) * US
-        r["medabs"] = statistics.median(abs(o) for o in off) * US
-        r["rms"] = math.sqrt(statistics.fmean(o * o for o in off)) * US
-        r["maxabs"] = max(abs(o) for o in off) * US
-        r["delay"] = statistics.median(x["delay"] for x in rows) * US
-        r["xleave"] = 100.0 * sum(x["mode"].endswith("I") for x in rows) / len(rows)
-        good = [abs(x["offset"]) for x in rows if x["good"]]
-        r["good"] = 100.0 * len(good) / len(rows)
-        r["goodabs"] = statistics.median(good) * US if good else None
-        ts = sorted({x["ts"] for x in rows})
-        r["ts"] = ",".join(t.replace(" ", "/") for t in ts)
-    nd = ntpdata(os.path.join(d, "ntpdata.txt"))
-    r["nd_xleave"] = nd.get("Interleaved", "-")
-    r["nd_offset"] = secs_field(nd.get("Offset"))
-    r["nd_delay"] = secs_field(nd.get("Peer delay"))
-    r["nd_resp"] = secs_field(nd.get("Response time"))
-    r["nd_rx"] = f'{nd.get("Total valid RX", "-")}/{nd.get("Total TX", "-")}'
-    prom = hwntpd_stats(os.path.join(d, "hwntpd.prom"))
-    if prom:
-        g = lambda k: int(prom.get(k, 0))
-        basic, inter = g('replies_total{mode="basic"}'), g('replies_total{mode="interleaved"}')
-        txts = g('tx_timestamps_total{source="kernel"}') + g('tx_timestamps_total{source="hardware"}')
-        miss = g("tx_timestamp_misses_total") + g("tx_timestamp_late_total")
-        r["srv"] = f"{basic}/{inter}/{txts}/{miss}"
-    ss = sourcestats(os.path.join(d, "sourcestats.csv"))
-    r["ss_offset"], r["ss_sd"] = (ss[0] * US, ss[1] * US) if ss else (None, None)
-    res[run] = r
-
-# Columns: each mode's pair side by side.
-order = [r for m in ("basic", "xleave") for s in ("hwntpd", "chronyd")
-         if (r := f"{s}:{m}") in res] + [r for r in runs if r.split(":")[1] not in ("basic", "xleave")]
-cols = [res[r] for r in order]
-
-def cell(r, key, spec=".3f", scale=1.0):
-    v = r.get(key)
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    return format(v * scale, spec)
-
-lines = [
-    ("samples used (of logged)", lambda r: f'{r["n"]} ({r["total"]})'),
-    ("interleaved replies %", lambda r: cell(r, "xleave", ".1f")),
-    ("TX/RX timestamps (client)", lambda r: cell(r, "ts")),
-    ("offset mean us", lambda r: cell(r, "mean")),
-    ("offset median us", lambda r: cell(r, "median")),
-    ("offset std dev us", lambda r: cell(r, "sd")),
-    ("median |offset| us", lambda r: cell(r, "medabs")),
-    ("RMS offset us", lambda r: cell(r, "rms")),
-    ("max |offset| us", lambda r: cell(r, "maxabs")),
-    ("median delay us", lambda r: cell(r, "delay")),
-    ("passed chrony delay tests %", lambda r: cell(r, "good", ".1f")),
-    ("  their median |offset| us", lambda r: cell(r, "goodabs")),
-    ("ntpdata Interleaved", lambda r: r["nd_xleave"]),
-    ("ntpdata Offset us", lambda r: cell(r, "nd_offset", ".3f", US)),
-    ("ntpdata Peer delay us", lambda r: cell(r, "nd_delay", ".3f", US)),
-    ("ntpdata Response time us", lambda r: cell(r, "nd_resp", ".3f", US)),
-    ("ntpdata valid RX/TX", lambda r: r["nd_rx"]),
-    ("sourcestats Offset us", lambda r: cell(r, "ss_offset")),
-    ("sourcestats Std Dev us", lambda r: cell(r, "ss_sd")),
-    ("hwntpd basic/xleave/TX ts/miss", lambda r: r.get("srv", "-")),
-]
-w0 = max(len(l[0]) for l in lines)
-w = max([15] + [len(c["label"]) + 1 for c in cols] + [len(f(c)) + 1 for l, f in lines for c in cols])
-print()
-print(f"== accuracy: {rounds} round(s) of {secs} s per run, first {warmup} samples of each run dropped;"
-      " true offset is 0, so offsets are errors")
-print(f"{'':<{w0}} " + "".join(f"{c['label']:>{w}}" for c in cols))
-for label, f in lines:
-    print(f"{label:<{w0}} " + "".join(f"{f(c):>{w}}" for c in cols))
-notes = [
-    "rows down to 'their median |offset|': every logged sample after the warm-up; 'passed chrony",
-    "delay tests': samples whose tests A-D were all 1 (the ones chronyd itself would use)",
-    "ntpdata, sourcestats, hwntpd rows: end of the " + ("last round" if rounds > 1 else "run"),
-    "signs: measurement log and ntpdata + = client behind the server; sourcestats Offset",
-    "(chrony's regression estimate) + = client ahead",
-    "hwntpd row: replies basic/interleaved, kernel or NIC TX timestamps collected, missed or late",
-]
-for n in notes:
-    print("  " + n)
-print()
-
-def verdict(goal, a, b, ok_fn, what):
-    ra, rb = res.get(a), res.get(b)
-    if not ra or not rb or "medabs" not in ra or "medabs" not in rb:
-        print(f"{goal}: NOT MEASURED (needs runs {a} and {b})")
-        return
-    ok = ok_fn(ra["medabs"], rb["medabs"])
-    print(f"{goal}: {'PASS' if ok else 'FAIL'} - median |offset| hwntpd {ra['medabs']:.3f} us vs "
-          f"chronyd {rb['medabs']:.3f} us ({what}); RMS {ra['rms']:.3f} vs {rb['rms']:.3f} us, "
-          f"std dev {ra['sd']:.3f} vs {rb['sd']:.3f} us")
-
-verdict("goal 1 (interleaved error no worse than chronyd's)", "hwntpd:xleave", "chronyd:xleave",
-        lambda a, b: a <= b * (1 + tol), f"pass if <= chronyd x {1 + tol:.2f}")
-verdict("goal 2 (basic-mode error smaller than chronyd's)", "hwntpd:basic", "chronyd:basic",
-        lambda a, b: a < b, "pass if smaller")
-for run in order:
-    r = res[run]
-    if run.endswith(":xleave") and r.get("xleave", 0) < 50:
-        print(f"note: {r['label']}: only {r.get('xleave', 0):.1f}% of replies were interleaved")
-    if run.endswith(":basic") and r.get("xleave", 0) > 0:
-        print(f"note: {r['label']}: {r['xleave']:.1f}% of replies were interleaved in basic mode")
-print(f"\nraw results: {out}")
-if any(r["n"] == 0 for r in res.values()):
-    sys.exit(1)
-PY
-
+python3 -B "$ROOT/scripts/lib/accuracy_report.py" "$OUT" "$SRV_IP" "$SRV_IP2" "$TOL" \
+    "$WARM_FAST" "$WARM_SLOW" "$SERVERS" "$MODES" || failed=1
 exit "$failed"

@@ -274,14 +274,16 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(8..=(1 << 26)))]
     pub client_table_entries: u64,
 
-    /// Basic replies: add the send latency estimated for the reply's place in
-    /// its batch (base + step x place, learned per socket from the last 64
-    /// measured latencies: kernel or NIC transmit timestamp minus the pre-send
-    /// clock reading, from interleaved replies and one basic reply per 10 ms)
-    /// to the transmit timestamp, so it lies closer to the moment the reply
-    /// left. Needs transmit timestamps (not with --timestamping user or
-    /// --interleave-entries 0). "off" serves the bare pre-send reading.
-    /// Changes live on SIGHUP.
+    /// Basic replies: add a low quantile (about the 5th percentile) of the send
+    /// latencies (kernel or NIC transmit timestamp minus the pre-send clock
+    /// reading) measured in the last 10 minutes in the same situation (place in
+    /// the batch of sends, idle time before it) to the transmit timestamp, so it
+    /// lies just before the moment the reply left; 0 until 8 fresh samples exist.
+    /// Basic replies ask for a transmit timestamp at most once per 5 ms per
+    /// situation and socket (every reply of a quiet server). "off" serves the
+    /// bare pre-send reading and asks for none.
+    /// Needs transmit timestamps (not with --timestamping user or
+    /// --interleave-entries 0). Changes live on SIGHUP.
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub send_latency_comp: OnOffArg,
 

@@ -9,6 +9,7 @@ pub mod live;
 pub mod metrics;
 pub mod resilience;
 pub mod restart;
+pub mod sendlatency;
 pub mod signals;
 pub mod stats;
 pub mod supervisor;

@@ -39,6 +39,11 @@ macro_rules! counters {
             pub estimate_error: [AtomicU64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
             /// The sum of those errors, in ns.
             pub estimate_error_ns: AtomicU64,
+            /// exact transmit time - the estimate (signed), by bucket of
+            /// [`ESTIMATE_LAG_BUCKETS_NS`] (the last: above them all).
+            pub estimate_lag: [AtomicU64; ESTIMATE_LAG_BUCKETS_NS.len() + 1],
+            /// The signed sum of those, in ns (two's complement in a u64).
+            pub estimate_lag_sum_ns: AtomicU64,
         }
 
         /// A plain-number copy of the counters (one worker, or the sum of all).
@@ -51,6 +56,10 @@ macro_rules! counters {
             pub estimate_error: [u64; ESTIMATE_ERROR_BUCKETS_NS.len() + 1],
             /// The sum of those errors, in ns.
             pub estimate_error_ns: u64,
+            /// Signed transmit-estimate errors by bucket (see [`WorkerStats::estimate_lag`]).
+            pub estimate_lag: [u64; ESTIMATE_LAG_BUCKETS_NS.len() + 1],
+            /// The signed sum of those, in ns.
+            pub estimate_lag_sum_ns: i64,
         }
 
         impl WorkerStats {
@@ -63,6 +72,10 @@ macro_rules! counters {
                         self.estimate_error[i].load(Ordering::Relaxed)
                     }),
                     estimate_error_ns: self.estimate_error_ns.load(Ordering::Relaxed),
+                    estimate_lag: std::array::from_fn(|i| {
+                        self.estimate_lag[i].load(Ordering::Relaxed)
+                    }),
+                    estimate_lag_sum_ns: self.estimate_lag_sum_ns.load(Ordering::Relaxed) as i64,
                 }
             }
         }
@@ -78,6 +91,10 @@ macro_rules! counters {
                     *a += b;
                 }
                 self.estimate_error_ns += other.estimate_error_ns;
+                for (a, b) in self.estimate_lag.iter_mut().zip(other.estimate_lag.iter()) {
+                    *a += b;
+                }
+                self.estimate_lag_sum_ns += other.estimate_lag_sum_ns;
             }
 
             /// The counters in the Prometheus text exposition format (the
@@ -159,6 +176,18 @@ pub const ESTIMATE_ERROR_BUCKETS_NS: [u64; 10] = [
     1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000, 200_000, 500_000, 1_000_000,
 ];
 
+/// Upper bounds (ns) of the buckets of the signed transmit-estimate error
+/// histogram (exact transmit time - estimate; negative: the estimate was after
+/// the real transmit time).
+pub const ESTIMATE_LAG_BUCKETS_NS: [i64; 27] = [
+    -50_000, -20_000, -10_000, -5_000, -2_000, -1_000, -500, -250, -100, 0, 250, 500, 1_000, 1_500,
+    2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000, 50_000, 100_000, 200_000,
+    1_000_000,
+];
+
+/// Metric name of the signed transmit-estimate error histogram.
+pub const ESTIMATE_LAG_METRIC: &str = "hwntpd_transmit_estimate_lag_seconds";
+
 /// Metric name of the transmit-estimate error histogram.
 pub const ESTIMATE_ERROR_METRIC: &str = "hwntpd_transmit_estimate_error_seconds";
 
@@ -173,6 +202,16 @@ impl WorkerStats {
             .unwrap_or(ESTIMATE_ERROR_BUCKETS_NS.len());
         bump(&self.estimate_error[bucket]);
         add(&self.estimate_error_ns, abs);
+        let lag = ESTIMATE_LAG_BUCKETS_NS
+            .iter()
+            .position(|&le| error_ns <= le)
+            .unwrap_or(ESTIMATE_LAG_BUCKETS_NS.len());
+        bump(&self.estimate_lag[lag]);
+        let sum = &self.estimate_lag_sum_ns;
+        sum.store(
+            sum.load(Ordering::Relaxed).wrapping_add(error_ns as u64),
+            Ordering::Relaxed,
+        );
         if error_ns < 0 {
             bump(&self.tx_estimate_ahead);
         }
@@ -213,6 +252,25 @@ impl StatsSnapshot {
              for every reply whose exact transmit time was measured.",
             &buckets,
             self.estimate_error_ns as f64 / 1e9,
+            cumulative,
+        );
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = self
+            .estimate_lag
+            .iter()
+            .zip(ESTIMATE_LAG_BUCKETS_NS.iter().map(|&le| le as f64 / 1e9))
+            .map(|(n, le)| {
+                cumulative += n;
+                (le, cumulative)
+            })
+            .collect();
+        cumulative += self.estimate_lag[ESTIMATE_LAG_BUCKETS_NS.len()];
+        f.histogram(
+            ESTIMATE_LAG_METRIC,
+            "exact transmit time - the transmit estimate a basic reply carries \
+             (negative: the estimate was after the real transmit time).",
+            &buckets,
+            self.estimate_lag_sum_ns as f64 / 1e9,
             cumulative,
         );
     }
@@ -409,5 +467,12 @@ mod tests {
         assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
         assert_eq!(get(&format!("{m}_count")), Some(3));
         assert!(text.contains(&format!("{m}_sum 0.0030022\n")), "{text}");
+        let m = ESTIMATE_LAG_METRIC;
+        assert_eq!(get(&format!("{m}_bucket{{le=\"-0.000001\"}}")), Some(0));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"-0.0000005\"}}")), Some(1));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"0.0000015\"}}")), Some(2));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"0.001\"}}")), Some(2));
+        assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
+        assert_eq!(get(&format!("{m}_count")), Some(3));
     }
 }

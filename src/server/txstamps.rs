@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::protocol::NtpTimestamp;
+use crate::server::sendlatency::Situation;
 
 /// Transmit timestamps that arrive later than this are ignored.
 pub const TX_TIMESTAMP_DEADLINE: Duration = Duration::from_secs(1);
@@ -24,6 +25,8 @@ pub struct Sent {
     pub pre_send: NtpTimestamp,
     /// Where the reply stood in its batch of sends (0: first to go out).
     pub position: u16,
+    /// Its place class and the idle time before the batch.
+    pub situation: Situation,
     /// The transmit time the reply carried, or would have carried as a basic
     /// reply: the reading plus the estimated send latency.
     pub estimate: NtpTimestamp,
@@ -112,125 +115,6 @@ impl PendingTx {
     }
 }
 
-/// Samples of the send latency kept by [`SendLatency`].
-pub const LATENCY_WINDOW: usize = 64;
-/// Samples needed before [`SendLatency::estimate`] gives a value.
-pub const LATENCY_MIN_SAMPLES: usize = 8;
-/// Samples outside 0..this are discarded (a stalled thread, a clock step).
-pub const LATENCY_MAX_NS: i64 = 1_000_000;
-/// The largest time per place in a batch that [`SendLatency::refit`] accepts.
-pub const LATENCY_MAX_STEP_NS: i64 = 100_000;
-/// Pairs of samples at different places needed to fit the step.
-pub const LATENCY_MIN_PAIRS: usize = 16;
-
-const PAIRS: usize = LATENCY_WINDOW * (LATENCY_WINDOW - 1) / 2;
-
-#[derive(Clone, Copy, Default)]
-struct LatencySample {
-    position: u16,
-    latency_ns: i64,
-}
-
-/// The send latency: how long after the pre-send clock reading the kernel (or
-/// NIC) actually stamps a reply as transmitted. A basic reply can only carry a
-/// reading taken before the send; adding the estimated latency moves it towards
-/// the real transmit time (the same idea as ntpd's authentication-delay
-/// compensation).
-///
-/// The replies of one batch share one reading and leave one after the other,
-/// so the latency grows with a reply's place in the batch. The model is
-/// `base + step * position`: `step` is the median slope over pairs of recent
-/// samples at different places (Theil-Sen, robust against the stalls that make
-/// single sends slow), fitted by [`SendLatency::refit`] about once a second;
-/// `base` is the smallest `latency - step * position` of the recent window, so
-/// the estimate never passes the real time for the fastest sends. Learned from
-/// the transmit timestamps the server asks for anyway, plus a few sampled basic
-/// replies.
-pub struct SendLatency {
-    samples: [LatencySample; LATENCY_WINDOW],
-    len: usize,
-    next: usize,
-    step: i64,
-    base: Option<i64>,
-}
-
-impl Default for SendLatency {
-    fn default() -> Self {
-        SendLatency {
-            samples: [LatencySample::default(); LATENCY_WINDOW],
-            len: 0,
-            next: 0,
-            step: 0,
-            base: None,
-        }
-    }
-}
-
-impl SendLatency {
-    /// Add one measured latency (exact transmit time minus pre-send reading) of
-    /// the reply at `position` in its batch.
-    pub fn add(&mut self, position: u16, latency_ns: i64) {
-        if !(0..LATENCY_MAX_NS).contains(&latency_ns) {
-            return;
-        }
-        self.samples[self.next] = LatencySample {
-            position,
-            latency_ns,
-        };
-        self.next = (self.next + 1) % LATENCY_WINDOW;
-        self.len = (self.len + 1).min(LATENCY_WINDOW);
-        self.update_base();
-    }
-
-    fn update_base(&mut self) {
-        let step = self.step;
-        self.base = (self.len >= LATENCY_MIN_SAMPLES)
-            .then(|| {
-                self.samples[..self.len]
-                    .iter()
-                    .map(|s| s.latency_ns - step * i64::from(s.position))
-                    .min()
-            })
-            .flatten();
-    }
-
-    /// Fit the time per place in a batch from the recent samples (kept as it
-    /// was when too few samples sit at different places). Costs a few
-    /// microseconds; call it about once a second, not per packet.
-    pub fn refit(&mut self) {
-        let mut slopes = [0i64; PAIRS];
-        let mut n = 0;
-        let window = &self.samples[..self.len];
-        for (i, a) in window.iter().enumerate() {
-            for b in &window[i + 1..] {
-                let dp = i64::from(b.position) - i64::from(a.position);
-                if dp != 0 {
-                    slopes[n] = (b.latency_ns - a.latency_ns) / dp;
-                    n += 1;
-                }
-            }
-        }
-        if n < LATENCY_MIN_PAIRS {
-            return;
-        }
-        let mid = n / 2;
-        let (_, median, _) = slopes[..n].select_nth_unstable(mid);
-        self.step = (*median).clamp(0, LATENCY_MAX_STEP_NS);
-        self.update_base();
-    }
-
-    /// The estimated latency of the reply at `position` in its batch, once
-    /// there are enough samples.
-    pub fn estimate(&self, position: u16) -> Option<i64> {
-        Some(self.base? + self.step * i64::from(position))
-    }
-
-    /// The fitted time per place in a batch, in ns (0 until fitted).
-    pub fn step(&self) -> i64 {
-        self.step
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,78 +128,10 @@ mod tests {
             served_receive: NtpTimestamp(k),
             pre_send: NtpTimestamp(k << 8),
             position: 0,
+            situation: Situation::default(),
             estimate: NtpTimestamp(k << 8),
             interleave: true,
         }
-    }
-
-    #[test]
-    fn latency_estimate_is_the_recent_minimum() {
-        let mut l = SendLatency::default();
-        for x in [30_000, 20_000, 25_000, 22_000, 21_000, 40_000, 26_000] {
-            l.add(0, x);
-        }
-        assert_eq!(l.estimate(0), None, "too few samples");
-        l.add(0, 23_000);
-        assert_eq!(l.estimate(0), Some(20_000));
-        l.add(0, -5);
-        l.add(0, 2_000_000);
-        assert_eq!(l.estimate(0), Some(20_000), "outliers ignored");
-        l.refit();
-        assert_eq!(l.step(), 0, "no samples at other places: no step");
-        assert_eq!(l.estimate(5), Some(20_000));
-        for _ in 0..LATENCY_WINDOW {
-            l.add(0, 24_000);
-        }
-        assert_eq!(l.estimate(0), Some(24_000), "old samples age out");
-    }
-
-    #[test]
-    fn latency_grows_with_the_place_in_the_batch() {
-        let mut l = SendLatency::default();
-        // 20 us to the first send, 5 us more for each one before it, with
-        // jitter of up to 3 us and a few stalled sends.
-        for i in 0..LATENCY_WINDOW as u16 {
-            let position = i % 16;
-            let jitter = i64::from(i * 7919 % 3000);
-            let stall = if i % 13 == 5 { 300_000 } else { 0 };
-            l.add(
-                position,
-                20_000 + 5_000 * i64::from(position) + jitter + stall,
-            );
-        }
-        assert_eq!(l.estimate(10), Some(20_000), "unfitted: the minimum");
-        l.refit();
-        let step = l.step();
-        assert!((4_800..=5_200).contains(&step), "step {step}");
-        for p in [0u16, 7, 15] {
-            let est = l.estimate(p).unwrap();
-            let truth = 20_000 + 5_000 * i64::from(p);
-            assert!(
-                (truth - 3_000..=truth + 1_000).contains(&est),
-                "place {p}: estimate {est}, truth {truth}"
-            );
-        }
-        // Never above the fastest send at its place.
-        for s in &l.samples {
-            assert!(l.estimate(s.position).unwrap() <= s.latency_ns);
-        }
-    }
-
-    #[test]
-    fn step_is_clamped_and_never_negative() {
-        let mut l = SendLatency::default();
-        for i in 0..32u16 {
-            l.add(i % 4, 50_000 - 10_000 * i64::from(i % 4));
-        }
-        l.refit();
-        assert_eq!(l.step(), 0, "a falling latency gives no negative step");
-        let mut l = SendLatency::default();
-        for i in 0..32u16 {
-            l.add(i % 2, 1_000 + 900_000 * i64::from(i % 2));
-        }
-        l.refit();
-        assert_eq!(l.step(), LATENCY_MAX_STEP_NS);
     }
 
     #[test]
@@ -395,6 +211,7 @@ mod tests {
                     served_receive: r1.served_receive,
                     pre_send,
                     position: 0,
+                    situation: Situation::default(),
                     estimate: pre_send,
                     interleave: true,
                 },

@@ -36,8 +36,9 @@ use crate::server::interleave::{due_tick, Insert, InterleaveTable};
 use crate::server::resilience::{
     is_stale, overflow_delta, worth_logging, BroadcastCopy, EnterError, Guards, SendError,
 };
+use crate::server::sendlatency::{SendLatency, Situation};
 use crate::server::stats::{add, bump, WorkerStats};
-use crate::server::txstamps::{Completion, PendingTx, SendLatency, Sent};
+use crate::server::txstamps::{Completion, PendingTx, Sent};
 use crate::server::watchdog::{Watchdog, WATCHDOG_INTERVAL_MS};
 
 /// How a worker learns the exact transmit time of a reply.
@@ -132,7 +133,6 @@ struct SocketState {
     next_key: u32,
     pending: PendingTx,
     latency: SendLatency,
-    last_calibration: NtpTimestamp,
     /// Receive completions keep coming while datagrams wait.
     rx_watch: Watchdog,
     /// Transmit-timestamp completions keep coming while the error queue holds some.
@@ -143,29 +143,12 @@ struct SocketState {
     needs_arm: bool,
 }
 
-impl SocketState {
-    /// Whether a basic reply should sample the send latency now (at most one
-    /// transmit-timestamp request per [`CALIBRATION_INTERVAL_NS`] per socket).
-    fn calibration_due(&mut self, now: NtpTimestamp) -> bool {
-        let due = self.last_calibration.is_zero()
-            || now.diff_nanos(self.last_calibration) >= CALIBRATION_INTERVAL_NS;
-        if due {
-            self.last_calibration = now;
-        }
-        due
-    }
-}
-
 /// A transmit timestamp further than this from the reply's pre-send reading is
 /// discarded as invalid.
 pub const TX_TIMESTAMP_SANITY_NS: i64 = 1_000_000_000;
 
 /// Completions handled, at most, before their replies are submitted.
 pub const SEND_BATCH: usize = 64;
-
-/// How often a basic reply asks for its transmit timestamp to calibrate the
-/// send latency (per socket).
-pub const CALIBRATION_INTERVAL_NS: i64 = 10_000_000;
 
 /// A reply of the current batch, queued in a send slot and not yet submitted.
 #[derive(Clone, Copy)]
@@ -179,6 +162,7 @@ struct Queued {
     tx_key: u32,
     /// The request's poll exponent (how long its interleaved entry stays due).
     poll: i8,
+    situation: Situation,
 }
 
 /// What kind of reply a send slot carries, for counting on completion.
@@ -206,6 +190,8 @@ pub struct Worker {
     sockets: Vec<SocketState>,
     batch: Vec<Queued>,
     cqes: Vec<Cqe>,
+    /// The clock reading of the last batch sent (how long the worker was idle).
+    last_flush: NtpTimestamp,
     /// `CLOCK_REALTIME` (ns) when the current chunk of completions was reaped:
     /// "now" for the staleness check.
     handled_ns: i128,
@@ -262,7 +248,6 @@ impl Worker {
                 next_key: 0,
                 pending: PendingTx::new(PENDING_TX),
                 latency: SendLatency::default(),
-                last_calibration: NtpTimestamp::ZERO,
                 rx_watch: Watchdog::default(),
                 tx_watch: Watchdog::default(),
                 drops_seen: cfg.guards.drops_seen.get(i).copied().unwrap_or(0),
@@ -280,6 +265,7 @@ impl Worker {
             sockets,
             batch: Vec::with_capacity(usize::from(n_slots)),
             cqes: vec![Cqe::default(); cfg.ring.cq_entries as usize],
+            last_flush: NtpTimestamp::ZERO,
             handled_ns: 0,
             cq_dropped_seen: 0,
             broadcasts: BroadcastCopy::default(),
@@ -491,7 +477,6 @@ impl Worker {
             }
             self.cqes = cqes;
             self.bufs.publish();
-            self.flush_batch()?;
             for i in 0..self.sockets.len() {
                 if self.sockets[i].needs_arm {
                     self.arm_recv(i)?;
@@ -499,6 +484,9 @@ impl Worker {
             }
             add(&self.cfg.stats.ring_enters, self.ring.enters);
             self.ring.enters = 0;
+            // Housekeeping before the batch's clock reading, not between it
+            // and the submit: its system calls would add to the send latency
+            // of exactly the replies of a quiet server.
             if last_watch.elapsed() >= watchdog_interval {
                 last_watch = Instant::now();
                 self.watch_sockets()?;
@@ -509,6 +497,7 @@ impl Worker {
                 last_tick = Instant::now();
                 self.tick(last_tick);
             }
+            self.flush_batch()?;
         }
         Ok(())
     }
@@ -861,11 +850,14 @@ impl Worker {
             }
         }
         let sock = &mut self.sockets[socket];
+        // Its place in the batch of sends, and how long the worker was idle
+        // before it (see crate::server::sendlatency).
+        let situation = Situation::new(wake.diff_nanos(self.last_flush), self.batch.len());
         let calibrate = !interleave
             && patch
             && tx_on
             && self.cfg.domains.send_latency_comp()
-            && sock.calibration_due(wake);
+            && sock.latency.sample_due(situation, wake);
         let want_tx = interleave || calibrate;
         // Keys are handed out in send order, so they also match the socket's own
         // counter when SCM_TS_OPT_ID is unavailable.
@@ -893,6 +885,7 @@ impl Worker {
             interleave,
             tx_key,
             poll: msg.payload.get(2).map_or(0, |&p| p as i8),
+            situation,
         });
     }
 
@@ -905,15 +898,17 @@ impl Worker {
         let now = self.served_now();
         let now_tick = ticks_from_ntp(now.to_bits());
         let sent_at = Instant::now();
+        self.last_flush = now;
         for i in 0..self.batch.len() {
             let q = self.batch[i];
             let sock = &mut self.sockets[q.socket];
-            // The reading plus the send latency estimated for this place in the
-            // batch: the best estimate of the transmit time a basic reply can
-            // carry (the batch's replies leave one after the other).
+            // The reading plus a low quantile of the send latencies measured
+            // in the same situation (place in the batch, idle time before
+            // it): a transmit time as close as it can be to the real one
+            // while staying before it (see crate::server::sendlatency).
             let position = u16::try_from(i).unwrap_or(u16::MAX);
             let latency = if self.cfg.domains.send_latency_comp() {
-                sock.latency.estimate(position).unwrap_or(0)
+                sock.latency.estimate(q.situation, position)
             } else {
                 0
             };
@@ -926,6 +921,7 @@ impl Worker {
                     served_receive: q.served_receive,
                     pre_send: now,
                     position,
+                    situation: q.situation,
                     estimate: transmit,
                     interleave: q.interleave,
                 };
@@ -1053,12 +1049,13 @@ impl Worker {
     }
 
     /// Once a second: count as missed the transmit timestamps that did not
-    /// come in time, and refit the send latency's growth along a batch.
+    /// come in time, and let old send-latency samples expire.
     fn tick(&mut self, now: Instant) {
+        let served = self.served_now();
         self.broadcasts.refresh(&self.cfg.guards.broadcasts.get());
         for sock in &mut self.sockets {
             add(&self.cfg.stats.tx_ts_missed, sock.pending.sweep(now));
-            sock.latency.refit();
+            sock.latency.refit(served);
         }
     }
 
@@ -1121,8 +1118,12 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
     } else {
         &stats.tx_ts_kernel
     });
-    sock.latency
-        .add(sent.position, exact.diff_nanos(sent.pre_send));
+    sock.latency.add(
+        sent.situation,
+        sent.position,
+        exact.diff_nanos(sent.pre_send),
+        exact,
+    );
     // How far the served estimate was from the real transmit time (the error a
     // basic reply's transmit timestamp carries).
     stats.record_estimate_error(exact.diff_nanos(sent.estimate));

@@ -6,6 +6,8 @@
 //! * [`net`]: the Linux layer: sockets, `SO_TIMESTAMPING`, control messages,
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
+//! * [`nts`]: Network Time Security (RFC 8915): NTS-KE server, cookies, and
+//!   the NTS extension fields on the packet path.
 //! * [`config`]: the command line.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -13,5 +15,6 @@
 pub mod clock;
 pub mod config;
 pub mod net;
+pub mod nts;
 pub mod protocol;
 pub mod server;

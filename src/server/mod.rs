@@ -199,11 +199,17 @@ pub fn run(args: &Args) -> Result<()> {
         ReferenceArg::Phc => {} // the PHC thread publishes the state
     }
 
+    // NTS (RFC 8915): master keys, the NTS-KE server, the workers' state.
+    let nts = crate::nts::service::start(args, &listen, None, stop.clone())?;
+    let mut stats = Vec::with_capacity(n_workers + 1);
+    if let Some(n) = &nts {
+        stats.push(n.ke_stats.clone());
+    }
+
     let ring = RingConfig {
         batch_wait_us: args.batch_wait_us,
         ..RingConfig::default()
     };
-    let mut stats = Vec::with_capacity(n_workers);
     let mut handles = Vec::with_capacity(n_workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
     for (id, sockets) in per_worker.into_iter().enumerate() {
@@ -224,6 +230,7 @@ pub fn run(args: &Args) -> Result<()> {
             domains: domains.clone(),
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
+            nts: nts.as_ref().map(|n| n.state.clone()),
         };
         let ready = ready_tx.clone();
         let stop_on_error = stop.clone();
@@ -279,6 +286,9 @@ pub fn run(args: &Args) -> Result<()> {
         let _ = h.join();
     }
     for t in threads {
+        let _ = t.join();
+    }
+    for t in nts.map(|n| n.threads).unwrap_or_default() {
         let _ = t.join();
     }
     report(&stats, args.stats_file.as_deref(), true);

@@ -120,6 +120,20 @@ counters! {
     tx_ts_stalls => "hwntpd_stalls_total", "what=\"tx_timestamps\"", "Times the watchdog found transmit-timestamp collection silent with the error queue not empty, drained it and restarted the collection.";
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
+    nts_requests => "hwntpd_nts_requests_total", "", "NTS requests authenticated and answered with new cookies.";
+    nts_naks => "hwntpd_nts_naks_total", "", "NTS NAKs (KoD NTSN) sent: the request's cookie could not be decrypted.";
+    nts_auth_failures => "hwntpd_nts_auth_failures_total", "", "NTS requests dropped: the cookie decrypted but the Authenticator did not verify.";
+    nts_malformed => "hwntpd_nts_malformed_total", "", "NTS requests dropped: NTS fields missing, repeated or of bad length.";
+    nts_unauthenticated_refused => "hwntpd_nts_unauthenticated_refused_total", "", "Requests without NTS refused (DENY KoD) under --nts-require.";
+    nts_ke_sessions => "hwntpd_nts_ke_sessions_total", "", "NTS-KE sessions that handed out cookies.";
+    nts_ke_fail_tls => "hwntpd_nts_ke_failures_total", "reason=\"tls\"", "NTS-KE sessions failed in TLS (handshake or record layer).";
+    nts_ke_fail_alpn => "hwntpd_nts_ke_failures_total", "reason=\"alpn\"", "NTS-KE sessions whose client did not negotiate ALPN ntske/1.";
+    nts_ke_fail_timeout => "hwntpd_nts_ke_failures_total", "reason=\"timeout\"", "NTS-KE sessions that ran past their deadline.";
+    nts_ke_fail_io => "hwntpd_nts_ke_failures_total", "reason=\"io\"", "NTS-KE sessions the client closed early (or a socket error).";
+    nts_ke_fail_bad_request => "hwntpd_nts_ke_failures_total", "reason=\"bad_request\"", "NTS-KE requests answered with an Error record.";
+    nts_ke_fail_no_algorithm => "hwntpd_nts_ke_failures_total", "reason=\"no_algorithm\"", "NTS-KE requests with no protocol or AEAD in common.";
+    nts_ke_fail_busy => "hwntpd_nts_ke_failures_total", "reason=\"busy\"", "NTS-KE connections closed at once: the connection limit was reached.";
+    nts_ke_fail_denied => "hwntpd_nts_ke_failures_total", "reason=\"denied\"", "NTS-KE connections refused by the access list.";
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.

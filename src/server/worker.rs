@@ -27,7 +27,10 @@ use crate::net::uring::{
     BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing,
     IORING_CQE_F_TSTAMP_HW, SEND_PAYLOAD_MAX,
 };
+use crate::nts::ntp::{check_request, seal, write_nak, write_reply, NtsCheck, NtsDrop, SealJob};
+use crate::nts::service::NtsState;
 use crate::protocol::packet::set_transmit;
+use crate::protocol::server::{classify, KissCode};
 use crate::protocol::server::{
     respond, Admission, Decision, DropReason, NoInterleave, ReplyKind, RequestContext,
 };
@@ -36,6 +39,7 @@ use crate::server::interleave::InterleaveTable;
 use crate::server::stats::{add, bump, WorkerStats};
 use crate::server::txstamps::{Completion, PendingTx, SendLatency, Sent};
 use crate::server::watchdog::{Watchdog, WATCHDOG_INTERVAL_MS};
+use rand::SeedableRng as _;
 
 /// How a worker learns the exact transmit time of a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +100,8 @@ pub struct WorkerConfig {
     pub ring: RingConfig,
     /// CPU to pin to.
     pub cpu: Option<usize>,
+    /// NTS (RFC 8915) on this worker's sockets, when configured.
+    pub nts: Option<NtsState>,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -167,6 +173,8 @@ struct Queued {
     want_tx: bool,
     interleave: bool,
     tx_key: u32,
+    /// An NTS reply: its Authenticator is sealed after the transmit patch.
+    seal: Option<SealJob>,
 }
 
 /// What kind of reply a send slot carries, for counting on completion.
@@ -190,6 +198,8 @@ pub struct Worker {
     sockets: Vec<SocketState>,
     batch: Vec<Queued>,
     cqes: Vec<Cqe>,
+    /// Nonces and cookie nonces of NTS replies (a CSPRNG seeded by the OS).
+    rng: rand::rngs::StdRng,
     cfg: WorkerConfig,
 }
 
@@ -234,6 +244,7 @@ impl Worker {
             sockets,
             batch: Vec::with_capacity(usize::from(n_slots)),
             cqes: vec![Cqe::default(); cfg.ring.cq_entries as usize],
+            rng: rand::rngs::StdRng::from_os_rng(),
             cfg,
         };
         for i in 0..w.sockets.len() {
@@ -507,18 +518,78 @@ impl Worker {
             bump(&stats.send_queue_full);
             return;
         };
-        let ctx = RequestContext {
+        let mut ctx = RequestContext {
             receive_time,
             transmit_time: wake,
             source,
             admission: Admission::Allow,
             interleave: self.cfg.table.is_some(),
         };
+        // NTS after the access list and rate limit (an admitted request only),
+        // before the reply.
+        let mut nts_reply = None;
+        let mut nts_nak = None;
+        if let (Some(nts), Admission::Allow) = (&self.cfg.nts, ctx.admission) {
+            if classify(msg.payload, &source).is_ok() {
+                let keys = nts.keys.load();
+                match check_request(msg.payload, &keys) {
+                    NtsCheck::Plain if nts.require => {
+                        bump(&stats.nts_unauthenticated_refused);
+                        ctx.admission = Admission::Kod(KissCode::Deny);
+                    }
+                    NtsCheck::Plain => {}
+                    NtsCheck::Authenticated(r) => nts_reply = Some(r),
+                    NtsCheck::Nak {
+                        uid_at, uid_len, ..
+                    } => {
+                        ctx.admission = Admission::Kod(KissCode::Ntsn);
+                        nts_nak = Some((uid_at, uid_len));
+                    }
+                    NtsCheck::Drop(why) => {
+                        bump(match why {
+                            NtsDrop::AuthFailed => &stats.nts_auth_failures,
+                            NtsDrop::Malformed => &stats.nts_malformed,
+                        });
+                        self.slots.release(slot);
+                        return;
+                    }
+                }
+            }
+        }
         let state = self.cfg.state.load();
         let out = self.slots.payload_mut(slot);
         let decision = match &self.cfg.table {
             Some(t) => respond(msg.payload, &ctx, &state, t.as_ref(), out),
             None => respond(msg.payload, &ctx, &state, &NoInterleave, out),
+        };
+        let mut seal_job = None;
+        let decision = match decision {
+            Decision::Reply(mut r) => {
+                let nts = match (r.kind, nts_nak, &nts_reply) {
+                    (ReplyKind::Kod(KissCode::Ntsn), Some((at, len)), _) => {
+                        bump(&stats.nts_naks);
+                        write_nak(out, msg.payload, at, len)
+                    }
+                    (ReplyKind::Basic | ReplyKind::Interleaved { .. }, _, Some(req)) => {
+                        let keys = self.cfg.nts.as_ref().map(|n| n.keys.load());
+                        keys.and_then(|k| write_reply(out, msg.payload, req, &k, &mut self.rng))
+                            .map(|(len, job)| {
+                                bump(&stats.nts_requests);
+                                seal_job = Some(job);
+                                len
+                            })
+                    }
+                    _ => Some(r.len),
+                };
+                match nts {
+                    Some(len) => {
+                        r.len = len;
+                        Decision::Reply(r)
+                    }
+                    None => Decision::Drop(DropReason::BufferTooSmall),
+                }
+            }
+            d => d,
         };
         let reply = match decision {
             Decision::Reply(r) if r.len <= SEND_PAYLOAD_MAX => r,
@@ -579,6 +650,7 @@ impl Worker {
             want_tx,
             interleave,
             tx_key,
+            seal: seal_job,
         });
     }
 
@@ -605,6 +677,15 @@ impl Worker {
             let transmit = now.add_nanos(latency).with_even_low_bit();
             if q.patch_transmit {
                 set_transmit(self.slots.payload_mut(q.slot), transmit);
+            }
+            // NTS: the Authenticator covers the header, so it is sealed after
+            // the transmit timestamp is final.
+            if let Some(job) = &q.seal {
+                if !seal(self.slots.payload_mut(q.slot), job) {
+                    bump(&self.cfg.stats.drops[DropReason::BufferTooSmall as usize]);
+                    self.slots.release(q.slot);
+                    continue;
+                }
             }
             if q.want_tx {
                 let sent = Sent {
@@ -910,6 +991,7 @@ mod tests {
             domains: TimeDomains::system(),
             ring: RingConfig::default(),
             cpu: None,
+            nts: None,
         };
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {

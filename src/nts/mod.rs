@@ -13,6 +13,7 @@
 
 pub mod aead;
 pub mod cookie;
+pub mod ke_client;
 pub mod ke_records;
 pub mod ke_server;
 pub mod keys;

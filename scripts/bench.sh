@@ -235,6 +235,11 @@ for name in $SERVERS; do
     stop_pid "$SRV_PID"; SRV_PID=
 done
 
+# The user-space cost of NTS per request, in-process (CPU time, no network).
+case " $SERVERS " in *"-nts "*)
+    taskset -c "$SERVER_CPU" "$BENCH" nts-cost --count 100000 >"$OUT/nts-cost.txt" 2>&1 || true ;;
+esac
+
 # --- report -----------------------------------------------------------------
 python3 - "$OUT" "$SERVERS" "$THRESHOLD" <<'PY'
 import json, os, sys
@@ -437,6 +442,11 @@ if nts_pairs:
             else:
                 line += f"; no common passing rate with {plain}"
         print(line)
+    cost_file = os.path.join(out, "nts-cost.txt")
+    if os.path.exists(cost_file):
+        print("hwntpd's NTS work per request in user space (hwntpd-bench nts-cost, CPU time):")
+        for line in open(cost_file):
+            print("  " + line.rstrip())
     h, c = best.get("hwntpd-nts"), best.get("chronyd-nts")
     if h and c:
         print(f"hwntpd-nts max NTS rate / chronyd-nts's: {h['rate'] / c['rate']:.2f}")

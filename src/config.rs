@@ -256,6 +256,15 @@ pub struct Args {
     /// NTS: refuse requests that are not NTS-authenticated (DENY KoD).
     #[arg(long)]
     pub nts_require: bool,
+
+    /// NTS-KE connections served at once; more are closed at once.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub nts_ke_connections: u32,
+
+    /// Seconds one NTS-KE connection may take in all (handshake, request,
+    /// response); each read or write waits at most 2 s of it.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub nts_ke_timeout: u64,
 }
 
 /// Where NTS-KE sends clients for NTP (`--nts-ntp-server`).

@@ -510,3 +510,53 @@ fn shared_key_file_and_require() {
         "{s:?}"
     );
 }
+
+/// A client that connects and sends nothing is cut off at --nts-ke-timeout and
+/// holds its slot only that long; past --nts-ke-connections, connections are
+/// closed at once; a good client is served once the slot is free.
+#[test]
+fn ke_limits_slow_clients() {
+    use std::io::Read as _;
+    let dir = tempdir("nts-ke-limits");
+    let Some(certs) = make_certs(&dir) else {
+        return;
+    };
+    let ke_port = free_tcp_port();
+    let server = start_nts(
+        "nts-ke-limits",
+        &certs,
+        ke_port,
+        &["--nts-ke-connections", "1", "--nts-ke-timeout", "1"],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], ke_port));
+    let mut silent = std::net::TcpStream::connect(addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The only slot is taken: the next connection is closed without a handshake.
+    let busy = ke(&certs, ke_port, &client_request(&[15]));
+    assert!(busy.is_err(), "{busy:?}");
+    // The silent client is dropped after about a second.
+    silent
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let held = start.elapsed();
+    assert_eq!(n, 0, "closed, not answered");
+    assert!(held < Duration::from_secs(3), "held for {held:?}");
+    let ok = retry(Duration::from_secs(3), || {
+        ke(&certs, ke_port, &client_request(&[15])).ok()
+    });
+    assert_eq!(
+        ok.expect("served once the slot is free")
+            .response
+            .cookies
+            .len(),
+        8
+    );
+    let s = server.wait_stats("the timeout and the refusal", |s| {
+        stat(s, "hwntpd_nts_ke_failures_total{reason=\"timeout\"}") >= 1
+            && stat(s, "hwntpd_nts_ke_failures_total{reason=\"busy\"}") >= 1
+    });
+    assert!(stat(&s, "hwntpd_nts_ke_sessions_total") >= 1);
+}

@@ -21,12 +21,6 @@ use crate::server::stats::WorkerStats;
 /// NTPv4 port (no Port Negotiation record is sent for it).
 const NTP_PORT: u16 = 123;
 
-/// NTS-KE connections served at once, at most.
-pub const KE_MAX_CONNECTIONS: usize = 64;
-
-/// Total time one NTS-KE connection may take.
-pub const KE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How often the key manager looks at the clock and the key file.
 const KEY_CHECK: Duration = Duration::from_secs(1);
 
@@ -118,8 +112,8 @@ pub fn start(
             tls: tls_config(cert, key)?,
             keys: keys.clone(),
             hint: server_hint(args, ntp_listen),
-            max_connections: KE_MAX_CONNECTIONS,
-            timeout: KE_TIMEOUT,
+            max_connections: args.nts_ke_connections as usize,
+            timeout: Duration::from_secs(args.nts_ke_timeout),
             stats: ke_stats.clone(),
             admit,
         };

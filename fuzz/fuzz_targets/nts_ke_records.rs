@@ -22,7 +22,10 @@ fuzz_target!(|data: &[u8]| {
     let decision = read_request(data);
     let Some(decision) = decision else {
         for n in [0, data.len() / 2, data.len().saturating_sub(1)] {
-            assert!(read_request(&data[..n]).is_none(), "prefix {n} of an incomplete request decided");
+            assert!(
+                read_request(&data[..n]).is_none(),
+                "prefix {n} of an incomplete request decided"
+            );
         }
         return;
     };
@@ -43,7 +46,10 @@ fuzz_target!(|data: &[u8]| {
             let mut offered = false;
             while let Some((rec, used)) = parse_record(&data[at..]) {
                 if rec.rtype == rtype::AEAD {
-                    offered |= rec.body.chunks_exact(2).any(|p| u16::from_be_bytes([p[0], p[1]]) == aead.id());
+                    offered |= rec
+                        .body
+                        .chunks_exact(2)
+                        .any(|p| u16::from_be_bytes([p[0], p[1]]) == aead.id());
                 }
                 if rec.rtype == rtype::END_OF_MESSAGE {
                     break;

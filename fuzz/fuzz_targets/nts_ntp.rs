@@ -23,8 +23,14 @@ use rand::SeedableRng as _;
 fn keyset() -> KeySet {
     KeySet::from_keys(
         vec![
-            MasterKey { id: 1, key: [0x11; 32] },
-            MasterKey { id: 2, key: [0x22; 32] },
+            MasterKey {
+                id: 1,
+                key: [0x11; 32],
+            },
+            MasterKey {
+                id: 2,
+                key: [0x22; 32],
+            },
         ],
         0,
     )
@@ -40,11 +46,17 @@ fn answer(packet: &[u8], set: &KeySet) -> Option<(Vec<u8>, NtsCheck)> {
     match check {
         NtsCheck::Authenticated(req) => {
             let (len, job) = write_reply(&mut out, packet, &req, set, &mut rng)?;
-            assert!(len <= packet.len(), "reply {len} > request {}", packet.len());
+            assert!(
+                len <= packet.len(),
+                "reply {len} > request {}",
+                packet.len()
+            );
             assert!(seal(&mut out, &job));
             Some((out[..len].to_vec(), check))
         }
-        NtsCheck::Nak { uid_at, uid_len, .. } => {
+        NtsCheck::Nak {
+            uid_at, uid_len, ..
+        } => {
             let len = write_nak(&mut out, packet, uid_at, uid_len).expect("the UID fits");
             assert!(len <= packet.len());
             Some((out[..len].to_vec(), check))
@@ -55,7 +67,9 @@ fn answer(packet: &[u8], set: &KeySet) -> Option<(Vec<u8>, NtsCheck)> {
 
 fuzz_target!(|data: &[u8]| {
     let set = keyset();
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     if mode & 1 == 0 {
         let _ = answer(rest, &set);
         return;
@@ -70,7 +84,11 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Aead::AesGcmSiv128
     };
-    let keys = ClientKeys { aead, c2s: [0x33; 32], s2c: [0x44; 32] };
+    let keys = ClientKeys {
+        aead,
+        c2s: [0x33; 32],
+        s2c: [0x44; 32],
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut buf = [0u8; cookie::MAX_COOKIE_LEN];
     let clen = cookie::encode(&keys, set.current(), &mut rng, &mut buf).unwrap();

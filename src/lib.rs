@@ -8,6 +8,7 @@
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
 //! * [`nts`]: Network Time Security (RFC 8915): NTS-KE server, cookies, and
 //!   the NTS extension fields on the packet path.
+//! * [`sys`]: process credentials (the privilege drop after start-up).
 //! * [`config`]: the command line.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -18,3 +19,4 @@ pub mod net;
 pub mod nts;
 pub mod protocol;
 pub mod server;
+pub mod sys;

@@ -247,6 +247,7 @@ fn measure(tx_mode: TxTimestampMode, nts: bool) -> u64 {
         ring: RingConfig::default(),
         cpu: None,
         nts: nts_state.clone(),
+        guards: Default::default(),
     };
     let worker = std::thread::spawn(move || {
         ON_WORKER.with(|c| c.set(true));

@@ -62,6 +62,7 @@ fn reuseport_keeps_each_client_on_one_worker() {
             ring: RingConfig::default(),
             cpu: None,
             nts: None,
+            guards: Default::default(),
         };
         handles.push(std::thread::spawn(move || Worker::new(cfg)?.run()));
     }

@@ -3,8 +3,14 @@
 // layer's (src/net/).
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod interleave;
+pub mod metrics;
+pub mod resilience;
+pub mod restart;
+pub mod signals;
 pub mod stats;
+pub mod supervisor;
 pub mod timestamping;
 pub mod txstamps;
 pub mod watchdog;
@@ -30,9 +36,11 @@ use crate::net::socket::{bind_udp, set_recv_buffer};
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
+use metrics::Exporter;
 use stats::{StatsSnapshot, WorkerStats};
 use std::os::fd::AsFd;
-use worker::{Worker, WorkerConfig, WorkerSocket};
+use supervisor::Supervisor;
+use worker::{WorkerConfig, WorkerSocket};
 
 /// Build the reference configuration from the command line.
 pub fn reference_config(args: &Args, precision: i8) -> Result<ReferenceConfig> {
@@ -85,9 +93,7 @@ fn check_kernel() -> Result<()> {
 pub fn run(args: &Args) -> Result<()> {
     check_kernel()?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let signals = signals::Signals::install(&stop).context("installing signal handlers")?;
 
     let precision = measure_precision();
     let reference = reference_config(args, precision)?;
@@ -139,6 +145,9 @@ pub fn run(args: &Args) -> Result<()> {
 
     let n_workers = args.worker_count();
     let listen = args.listen_addrs();
+    if let Some(dup) = crate::config::duplicate_listen(&listen) {
+        bail!("--listen {dup} is given twice: each address may be listened on once");
+    }
     // The workers share each port through SO_REUSEPORT, which would also let a
     // second server (same user) share it silently: bind once without it first,
     // so a port already in use is an error.
@@ -201,15 +210,17 @@ pub fn run(args: &Args) -> Result<()> {
 
     // NTS (RFC 8915): master keys, the NTS-KE server, the workers' state.
     let nts = crate::nts::service::start(args, &listen, None, stop.clone())?;
-    let mut stats = Vec::with_capacity(n_workers + 1);
-    if let Some(n) = &nts {
-        stats.push(n.ke_stats.clone());
-    }
 
     let ring = RingConfig {
         batch_wait_us: args.batch_wait_us,
         ..RingConfig::default()
     };
+    let guards = resilience::Guards {
+        max_request_age_ns: args.max_request_age_ms * 1_000_000,
+        ..Default::default()
+    };
+    refresh_broadcasts(&guards.broadcasts);
+    let mut stats = Vec::with_capacity(n_workers);
     let mut handles = Vec::with_capacity(n_workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
     for (id, sockets) in per_worker.into_iter().enumerate() {
@@ -230,26 +241,18 @@ pub fn run(args: &Args) -> Result<()> {
             domains: domains.clone(),
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
+            guards: guards.clone(),
             nts: nts.as_ref().map(|n| n.state.clone()),
         };
         let ready = ready_tx.clone();
-        let stop_on_error = stop.clone();
         let h = std::thread::Builder::new()
             .name(format!("hwntpd-w{id}"))
+            // The ring is created on the thread that uses it (single-issuer
+            // rings); a worker that fails is rebuilt there, the server goes on.
             .spawn(move || {
-                // The ring is created on the thread that uses it (single-issuer rings).
-                let w = match Worker::new(cfg) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = ready.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                if let Err(e) = w.run() {
-                    tracing::error!(worker = id, "worker failed: {e}");
-                    stop_on_error.store(true, Ordering::Relaxed);
-                }
+                restart::supervise(cfg, |r| {
+                    let _ = ready.send(r);
+                })
             })?;
         handles.push(h);
     }
@@ -272,15 +275,51 @@ pub fn run(args: &Args) -> Result<()> {
         "serving NTP"
     );
 
+    // Metrics endpoint (bound while still privileged), privilege drop, then
+    // systemd's READY=1 and the health/watchdog supervision.
+    let exporter = Arc::new(Exporter {
+        stats,
+        other_stats: nts.iter().map(|n| n.ke_stats.clone()).collect(),
+        state: cell.clone(),
+        reference: reference.kind.to_string(),
+        domains: phc_path.is_some().then(|| domains.clone()),
+        table: table.clone(),
+        health: health::HealthCell::new(),
+        timestamping: plan.summary(),
+        start_time: crate::clock::realtime::now_unix().0 as f64,
+    });
+    if let Some(addr) = args.metrics_listen {
+        threads.push(metrics::spawn_endpoint(
+            addr,
+            exporter.clone(),
+            stop.clone(),
+        )?);
+    }
+    supervisor::drop_privileges(args.user.as_deref())?;
+    let mut supervisor = Supervisor::start(exporter.clone());
+
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
+    let mut next_broadcasts = Instant::now() + BROADCAST_REFRESH;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(supervisor::TICK);
+        supervisor.tick(Instant::now());
+        let pending = signals.take();
+        pending.log_ignored();
+        if pending.usr1 {
+            tracing::info!("SIGUSR1: statistics now");
+            report(&exporter, args.stats_file.as_deref(), true);
+        }
         if Instant::now() >= next {
             next += interval;
-            report(&stats, args.stats_file.as_deref(), true);
+            report(&exporter, args.stats_file.as_deref(), true);
+        }
+        if Instant::now() >= next_broadcasts {
+            next_broadcasts += BROADCAST_REFRESH;
+            refresh_broadcasts(&guards.broadcasts);
         }
     }
+    supervisor.stopping();
     tracing::info!("stopping");
     for h in handles {
         let _ = h.join();
@@ -291,17 +330,30 @@ pub fn run(args: &Args) -> Result<()> {
     for t in nts.map(|n| n.threads).unwrap_or_default() {
         let _ = t.join();
     }
-    report(&stats, args.stats_file.as_deref(), true);
+    report(&exporter, args.stats_file.as_deref(), true);
     Ok(())
 }
 
-fn report(stats: &[Arc<WorkerStats>], file: Option<&Path>, log: bool) -> StatsSnapshot {
-    let total = stats::sum(stats.iter().map(|s| s.as_ref()));
+/// How often the host's subnet-broadcast addresses are read again.
+const BROADCAST_REFRESH: Duration = Duration::from_secs(60);
+
+/// Read the subnet-broadcast addresses of the host's interfaces into `into`
+/// (kept as they were if the interfaces cannot be read).
+fn refresh_broadcasts(into: &resilience::LocalBroadcasts) {
+    match crate::net::ifaces::local_broadcasts() {
+        Ok(b) => into.set(b),
+        Err(e) => tracing::warn!("cannot list the interfaces' broadcast addresses: {e}"),
+    }
+}
+
+fn report(exporter: &Exporter, file: Option<&Path>, log: bool) -> StatsSnapshot {
+    let total = exporter.totals();
     if log {
         tracing::info!("stats: {}", total.summary());
     }
     if let Some(path) = file {
-        if let Err(e) = write_atomically(path, total.to_prometheus().as_bytes()) {
+        let text = metrics::encode(&exporter.families_with(&total));
+        if let Err(e) = write_atomically(path, text.as_bytes()) {
             tracing::warn!(path = %path.display(), "cannot write stats file: {e}");
         }
     }

@@ -9,7 +9,21 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::metrics::Families;
 use crate::protocol::server::DropReason;
+
+/// How one plain counter of [`WorkerStats`] is exported.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterInfo {
+    /// The field's name.
+    pub field: &'static str,
+    /// The metric (family) name, with its `_total` suffix.
+    pub metric: &'static str,
+    /// The series' labels as Prometheus text (`mode="basic"`), or "".
+    pub labels: &'static str,
+    /// What it counts.
+    pub help: &'static str,
+}
 
 macro_rules! counters {
     ($( $field:ident => $metric:literal, $label:literal, $help:literal; )*) => {
@@ -66,30 +80,24 @@ macro_rules! counters {
                 self.estimate_error_ns += other.estimate_error_ns;
             }
 
-            /// The counters in the Prometheus text exposition format.
+            /// The counters in the Prometheus text exposition format (the
+            /// same encoder as the metrics endpoint: [`super::metrics`]).
             pub fn to_prometheus(&self) -> String {
-                let mut out = String::new();
-                let mut last = "";
-                $(
-                    if last != $metric {
-                        let _ = writeln!(out, "# TYPE {} counter", $metric);
-                        last = $metric;
-                    }
-                    if $label.is_empty() {
-                        let _ = writeln!(out, "{} {}", $metric, self.$field);
-                    } else {
-                        let _ = writeln!(out, "{}{{{}}} {}", $metric, $label, self.$field);
-                    }
-                )*
-                let _ = last;
-                let _ = writeln!(out, "# TYPE hwntpd_drops_total counter");
-                for r in DropReason::ALL {
-                    let _ = writeln!(out, "hwntpd_drops_total{{reason=\"{}\"}} {}", r.name(), self.drops[r as usize]);
-                }
-                self.write_estimate_histogram(&mut out);
-                out
+                let mut f = Families::default();
+                self.add_families(&mut f);
+                super::metrics::encode(&f.finish())
+            }
+
+            /// Every plain counter with its description, in declaration order.
+            pub fn counter_values(&self) -> impl Iterator<Item = (&'static CounterInfo, u64)> {
+                COUNTERS.iter().zip([$( self.$field, )*])
             }
         }
+
+        /// How each plain counter of [`WorkerStats`] is exported, in declaration order.
+        pub const COUNTERS: &[CounterInfo] = &[
+            $( CounterInfo { field: stringify!($field), metric: $metric, labels: $label, help: $help }, )*
+        ];
     };
 }
 
@@ -120,6 +128,23 @@ counters! {
     tx_ts_stalls => "hwntpd_stalls_total", "what=\"tx_timestamps\"", "Times the watchdog found transmit-timestamp collection silent with the error queue not empty, drained it and restarted the collection.";
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
+    watchdog_checks => "hwntpd_watchdog_checks_total", "", "Socket watchdog checks made by the workers (each worker about every 100 ms, busy or idle: its heartbeat).";
+    enter_eintr => "hwntpd_worker_errors_total", "kind=\"enter_eintr\"", "io_uring_enter interrupted by a signal (EINTR); retried.";
+    enter_eagain => "hwntpd_worker_errors_total", "kind=\"enter_eagain\"", "io_uring_enter refused for lack of kernel resources (EAGAIN); retried.";
+    enter_ebusy => "hwntpd_worker_errors_total", "kind=\"enter_ebusy\"", "io_uring_enter refused while completions wait (EBUSY); completions reaped, retried.";
+    enter_fatal => "hwntpd_worker_errors_total", "kind=\"enter_other\"", "io_uring_enter failed otherwise (the worker is restarted).";
+    cq_overflow => "hwntpd_worker_errors_total", "kind=\"cq_overflow\"", "Turns that found the completion queue overflowed (the kernel held completions back until reaped).";
+    cq_dropped => "hwntpd_worker_errors_total", "kind=\"cq_dropped\"", "Completions the kernel dropped (the worker is restarted: in-flight state is unknown).";
+    sq_full => "hwntpd_worker_errors_total", "kind=\"sq_full\"", "Requests that found the submission queue full and could not be submitted (a reply dropped, or a receive re-armed later).";
+    send_enobufs => "hwntpd_worker_errors_total", "kind=\"send_enobufs\"", "Sends refused with ENOBUFS (device or socket queue full).";
+    send_eperm => "hwntpd_worker_errors_total", "kind=\"send_eperm\"", "Sends refused with EPERM (a firewall rule).";
+    send_eagain => "hwntpd_worker_errors_total", "kind=\"send_eagain\"", "Sends refused with EAGAIN (send buffer full).";
+    send_other => "hwntpd_worker_errors_total", "kind=\"send_other\"", "Sends refused with another errno.";
+    recv_enobufs => "hwntpd_worker_errors_total", "kind=\"recv_enobufs\"", "Multishot receives ended because every receive buffer was in use (re-armed).";
+    recv_other => "hwntpd_worker_errors_total", "kind=\"recv_other\"", "Receive completions with another errno.";
+    restarts => "hwntpd_worker_restarts_total", "", "Workers restarted after an error they could not recover from (ring rebuilt, sockets kept).";
+    socket_overflow => "hwntpd_socket_overflow_drops_total", "", "Datagrams the kernel dropped because a socket's receive buffer was full (SO_RXQ_OVFL).";
+    stale_requests => "hwntpd_stale_requests_total", "", "Requests dropped unanswered because they waited in the socket longer than --max-request-age-ms.";
     nts_requests => "hwntpd_nts_requests_total", "", "NTS requests authenticated and answered with new cookies.";
     nts_naks => "hwntpd_nts_naks_total", "", "NTS NAKs (KoD NTSN) sent: the request's cookie could not be decrypted.";
     nts_auth_failures => "hwntpd_nts_auth_failures_total", "", "NTS requests dropped: the cookie decrypted but the Authenticator did not verify.";
@@ -161,41 +186,42 @@ impl WorkerStats {
     }
 }
 
-/// Nanoseconds as exact decimal seconds ("0.000001", "3.5", "0").
-fn seconds(ns: u64) -> String {
-    let frac = format!("{:09}", ns % 1_000_000_000);
-    let frac = frac.trim_end_matches('0');
-    if frac.is_empty() {
-        format!("{}", ns / 1_000_000_000)
-    } else {
-        format!("{}.{frac}", ns / 1_000_000_000)
-    }
-}
-
 impl StatsSnapshot {
-    fn write_estimate_histogram(&self, out: &mut String) {
-        let m = ESTIMATE_ERROR_METRIC;
-        let _ = writeln!(
-            out,
-            "# HELP {m} |exact transmit time - the transmit estimate a basic reply carries|, \
-             for every reply whose exact transmit time was measured."
-        );
-        let _ = writeln!(out, "# TYPE {m} histogram");
-        let mut cumulative = 0;
-        for (i, n) in self.estimate_error.iter().enumerate() {
-            cumulative += n;
-            match ESTIMATE_ERROR_BUCKETS_NS.get(i) {
-                Some(&le) => {
-                    let le = seconds(le);
-                    let _ = writeln!(out, "{m}_bucket{{le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{m}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
+    /// Add every counter, the drops by reason and the transmit-estimate
+    /// histogram to `f`. Counters added to the `counters!` table are exported
+    /// with no further work.
+    pub fn add_families(&self, f: &mut Families) {
+        for (info, value) in self.counter_values() {
+            f.counter(info.metric, info.labels, info.help, value);
         }
-        let _ = writeln!(out, "{m}_sum {}", seconds(self.estimate_error_ns));
-        let _ = writeln!(out, "{m}_count {cumulative}");
+        for r in DropReason::ALL {
+            f.counter(
+                "hwntpd_drops_total",
+                &format!("reason=\"{}\"", r.name()),
+                "Requests not answered, by reason (see the README).",
+                self.drops[r as usize],
+            );
+        }
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = self
+            .estimate_error
+            .iter()
+            .zip(ESTIMATE_ERROR_BUCKETS_NS.iter().map(|&le| le as f64 / 1e9))
+            .map(|(n, le)| {
+                cumulative += n;
+                (le, cumulative)
+            })
+            .collect();
+        // The encoder adds the +Inf bucket from the count.
+        cumulative += self.estimate_error[ESTIMATE_ERROR_BUCKETS_NS.len()];
+        f.histogram(
+            ESTIMATE_ERROR_METRIC,
+            "|exact transmit time - the transmit estimate a basic reply carries|, \
+             for every reply whose exact transmit time was measured.",
+            &buckets,
+            self.estimate_error_ns as f64 / 1e9,
+            cumulative,
+        );
     }
 
     /// Total requests dropped by the protocol core.
@@ -206,6 +232,23 @@ impl StatsSnapshot {
     /// Total replies sent (all modes).
     pub fn total_replies(&self) -> u64 {
         self.replies_basic + self.replies_interleaved + self.replies_kod
+    }
+
+    /// Run-time errors workers met and handled (`hwntpd_worker_errors_total`, all kinds).
+    pub fn worker_errors(&self) -> u64 {
+        self.enter_eintr
+            + self.enter_eagain
+            + self.enter_ebusy
+            + self.enter_fatal
+            + self.cq_overflow
+            + self.cq_dropped
+            + self.sq_full
+            + self.send_enobufs
+            + self.send_eperm
+            + self.send_eagain
+            + self.send_other
+            + self.recv_enobufs
+            + self.recv_other
     }
 
     /// One summary line for the log.
@@ -219,7 +262,8 @@ impl StatsSnapshot {
         }
         format!(
             "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
-             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} drops={}{}",
+             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} errors={} restarts={} \
+             socket_overflow={} stale={} drops={}{}",
             self.received,
             self.total_replies(),
             self.replies_basic,
@@ -238,6 +282,10 @@ impl StatsSnapshot {
             self.truncated,
             self.recv_stalls,
             self.tx_ts_stalls,
+            self.worker_errors(),
+            self.restarts,
+            self.socket_overflow,
+            self.stale_requests,
             self.total_drops(),
             drops
         )
@@ -310,6 +358,41 @@ mod tests {
     }
 
     #[test]
+    fn worker_errors_export_as_one_family() {
+        let a = WorkerStats::default();
+        bump(&a.send_eperm);
+        add(&a.enter_ebusy, 2);
+        bump(&a.restarts);
+        add(&a.socket_overflow, 7);
+        let total = sum([&a]);
+        assert_eq!(total.worker_errors(), 3);
+        let text = total.to_prometheus();
+        assert_eq!(text.matches("# TYPE hwntpd_worker_errors_total").count(), 1);
+        let kv = parse_prometheus(&text);
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"send_eperm\"}"),
+            Some(1)
+        );
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"enter_ebusy\"}"),
+            Some(2)
+        );
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"cq_dropped\"}"),
+            Some(0)
+        );
+        assert_eq!(get("hwntpd_worker_restarts_total"), Some(1));
+        assert_eq!(get("hwntpd_socket_overflow_drops_total"), Some(7));
+        assert_eq!(get("hwntpd_stale_requests_total"), Some(0));
+        let line = total.summary();
+        assert!(
+            line.contains("errors=3 restarts=1 socket_overflow=7 stale=0"),
+            "{line}"
+        );
+    }
+
+    #[test]
     fn estimate_error_histogram() {
         let a = WorkerStats::default();
         let b = WorkerStats::default();
@@ -329,7 +412,5 @@ mod tests {
         assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
         assert_eq!(get(&format!("{m}_count")), Some(3));
         assert!(text.contains(&format!("{m}_sum 0.0030022\n")), "{text}");
-        assert_eq!(seconds(0), "0");
-        assert_eq!(seconds(3_500_000_000), "3.5");
     }
 }

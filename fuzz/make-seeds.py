@@ -8,7 +8,10 @@ layout of a target). Layouts (see each target's doc comment):
            control, then the payload;
   cmsg:    control data (struct cmsghdr + data, 8-aligned, x86_64/aarch64);
   config:  arguments separated by newlines;
-  policy:  lines: "allow CIDR" / "deny CIDR" rules, rate-limit values.
+  policy:  lines: "allow CIDR" / "deny CIDR" rules, rate-limit values;
+  nts_ke_records: NTS-KE request records (RFC 8915 section 4);
+  nts_ntp: octet 0 even: an NTP packet with NTS extension fields; odd: the
+           recipe of a valid NTS request (header, placeholders, AEAD, flips).
 Native byte order is little-endian (x86_64, aarch64), as the fixtures of
 src/net/cmsg.rs assume.
 """
@@ -257,8 +260,58 @@ def policy_seeds():
         write("policy", name, text.encode())
 
 
+def ke_record(critical, rtype, body):
+    return struct.pack(">HH", (0x8000 if critical else 0) | rtype, len(body)) + body
+
+
+def nts_ke_records_seeds():
+    eom = ke_record(True, 0, b"")
+    np = ke_record(True, 1, struct.pack(">H", 0))
+    seeds = {
+        "chrony": np + ke_record(True, 4, struct.pack(">HH", 15, 30)) + eom,
+        "gcm-first": np + ke_record(True, 4, struct.pack(">HH", 30, 15)) + eom,
+        "unknown-aead": np + ke_record(True, 4, struct.pack(">H", 0x7FFF)) + eom,
+        "unknown-critical": np + ke_record(True, 4, struct.pack(">H", 15))
+        + ke_record(True, 0x1234, b"x") + eom,
+        "unknown-noncritical": np + ke_record(True, 4, struct.pack(">H", 15))
+        + ke_record(False, 0x1234, b"x") + eom,
+        "server-port-hints": np + ke_record(True, 4, struct.pack(">H", 15))
+        + ke_record(False, 6, b"ntp.example") + ke_record(False, 7, struct.pack(">H", 123)) + eom,
+        "no-next-protocol": ke_record(True, 4, struct.pack(">H", 15)) + eom,
+        "other-protocol": ke_record(True, 1, struct.pack(">H", 0x8001))
+        + ke_record(True, 4, struct.pack(">H", 15)) + eom,
+        "truncated": (np + ke_record(True, 4, struct.pack(">HH", 15, 30)))[:-1],
+        "cookie-from-client": np + ke_record(True, 4, struct.pack(">H", 15))
+        + ke_record(False, 5, bytes(100)) + eom,
+    }
+    for name, data in seeds.items():
+        write("nts_ke_records", name, data)
+
+
+def nts_ntp_seeds():
+    def ef(ftype, body):
+        body += bytes(-len(body) % 4)
+        return struct.pack(">HH", ftype, 4 + len(body)) + body
+    header = bytes([0x23, 0, 6, 0xEC]) + bytes(36) + struct.pack(">Q", 0x1122334455667788)
+    uid = ef(0x0104, bytes(range(32)))
+    # A cookie under master key id 1 (the target's), not decryptable: a NAK.
+    cookie = ef(0x0204, struct.pack(">I", 1) + bytes(range(96)))
+    auth = ef(0x0404, struct.pack(">HH", 16, 16) + bytes(16) + bytes(16))
+    write("nts_ntp", "nak-cookie", b"\x00" + header + uid + cookie + auth)
+    write("nts_ntp", "placeholder", b"\x00" + header + uid + cookie
+          + ef(0x0304, bytes(100)) + auth)
+    write("nts_ntp", "no-authenticator", b"\x00" + header + uid + cookie)
+    write("nts_ntp", "plain", b"\x00" + header)
+    # Recipes (octet 0 odd): header, placeholders, AEAD, then (position, xor).
+    write("nts_ntp", "valid-siv", b"\x01" + header + bytes([0, 0]))
+    write("nts_ntp", "valid-gcm-2-placeholders", b"\x01" + header + bytes([2, 1]))
+    write("nts_ntp", "tampered-transmit", b"\x01" + header + bytes([1, 0, 40, 1]))
+    write("nts_ntp", "tampered-tag", b"\x01" + header + bytes([0, 1, 255, 0x80]))
+
+
 def main():
-    targets = sys.argv[1:] or ["respond", "recvmsg", "cmsg", "config", "policy"]
+    targets = sys.argv[1:] or ["respond", "recvmsg", "cmsg", "config", "policy",
+                               "nts_ke_records", "nts_ntp"]
     for t in targets:
         globals()[t + "_seeds"]()
 

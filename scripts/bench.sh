@@ -20,7 +20,10 @@
 #   THRESHOLD              answered fraction to pass      default 0.999
 #   CLIENTS, BATCH         generator sockets, batch size  default 64, 64
 #   STRACE_RATE, STRACE_SECS  the strace run              default 5000, 2
-#   SERVERS                which servers, in order        default "floor hwntpd chronyd"
+#   SERVERS                which servers, in order        default "floor hwntpd chronyd hwntpd-nts chronyd-nts"
+#                          hwntpd-nts / chronyd-nts: the same servers serving NTS (RFC 8915);
+#                          the generator makes one NTS-KE session, then every request carries
+#                          a cookie and an Authenticator (certificates made here with openssl)
 #   SERVER_CPU, GEN_CPU    cores                          default 1, 0
 #   HWNTPD_WORKERS         hwntpd --workers               default 1
 #   HWNTPD                 the hwntpd binary              default target/release/hwntpd
@@ -53,7 +56,8 @@ CLIENTS=${CLIENTS:-64}
 BATCH=${BATCH:-64}
 STRACE_RATE=${STRACE_RATE:-5000}
 STRACE_SECS=${STRACE_SECS:-2}
-SERVERS=${SERVERS:-"floor hwntpd chronyd"}
+SERVERS=${SERVERS:-"floor hwntpd chronyd hwntpd-nts chronyd-nts"}
+NTS_KE_PORT=4460
 SERVER_CPU=${SERVER_CPU:-1}
 GEN_CPU=${GEN_CPU:-0}
 HWNTPD_WORKERS=${HWNTPD_WORKERS:-1}
@@ -84,8 +88,11 @@ trap_cleanup cleanup
 require_tools ip taskset python3
 [ "$(nproc)" -ge 2 ] || log "only $(nproc) core(s): server and generator will share one"
 
-case " $SERVERS " in *" chronyd "*)
+case " $SERVERS " in *" chronyd "*|*" chronyd-nts "*)
     have_or_install chrony chronyd || die "cannot install chrony" ;;
+esac
+case " $SERVERS " in *"-nts "*)
+    have_or_install openssl openssl || die "cannot install openssl (NTS certificates)" ;;
 esac
 have_or_install strace strace || log "no strace: skipping the strace check"
 
@@ -97,6 +104,23 @@ fi
 [ -x "$BENCH" ] || die "$BENCH missing (run with BUILD=1)"
 mkdir -p "$OUT"
 log "results in $OUT"
+
+# nts_certs: a CA and a server certificate for $SRV_IP in $OUT/nts (once).
+nts_certs() {
+    local d=$OUT/nts
+    [ -f "$d/server.pem" ] && return 0
+    mkdir -p "$d"
+    (
+        cd "$d"
+        local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+        openssl req -x509 "${ec[@]}" -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA"
+        openssl req "${ec[@]}" -keyout server.key -out server.csr -subj "/CN=$SRV_IP"
+        printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+            "$SRV_IP" >ext.cnf
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -out server.pem -days 2 -extfile ext.cnf
+    ) >"$d/openssl.log" 2>&1 || die "cannot make NTS certificates (see $d/openssl.log)"
+}
 
 # --- namespaces -------------------------------------------------------------
 make_veth_pair "$NS_SRV" "$NS_CLI" "$VETH_SRV" "$VETH_CLI" "$SRV_IP" "$CLI_IP"
@@ -149,27 +173,43 @@ start_server() {
         STATS_ARGS=(--server-stats "$OUT/floor.prom" --syscall-metric floor_syscalls_total
             --reply-metric floor_replies_total)
         ;;
-    hwntpd|hwntpd-xl|hwntpd-policy)
+    hwntpd|hwntpd-xl|hwntpd-policy|hwntpd-nts)
         if [ ! -x "$HWNTPD" ]; then log "hwntpd: $HWNTPD not built, skipped"; return 1; fi
         local extra=""
         if [ "$name" = hwntpd-policy ]; then extra=$(policy_args); fi
+        local nts=()
+        if [ "$name" = hwntpd-nts ]; then
+            nts_certs
+            nts=(--nts-cert "$OUT/nts/server.pem" --nts-key "$OUT/nts/server.key"
+                --nts-ke-listen "$SRV_IP:$NTS_KE_PORT")
+            LOAD_ARGS=(--nts-ke "$SRV_IP:$NTS_KE_PORT" --nts-ca "$OUT/nts/ca.pem")
+        fi
         # --stats-interval 1: the generator reads the counters at each step's ends.
         # shellcheck disable=SC2086 # HWNTPD_ARGS and extra are lists of words
         in_srv "$HWNTPD" --listen "$SRV_IP:$PORT" --reference local --workers "$HWNTPD_WORKERS" \
-            --stats-interval 1 --stats-file "$OUT/$name.prom" $HWNTPD_ARGS $extra >"$OUT/$name.log" 2>&1 &
+            --stats-interval 1 --stats-file "$OUT/$name.prom" "${nts[@]}" $HWNTPD_ARGS $extra >"$OUT/$name.log" 2>&1 &
         SRV_PID=$!
         STATS_ARGS=(--server-stats "$OUT/$name.prom" --syscall-metric "$HWNTPD_SYSCALL_METRIC"
             --reply-metric "$HWNTPD_REPLY_METRIC")
         if [ "$name" = hwntpd-xl ]; then LOAD_ARGS=(--interleaved); fi
         ;;
-    chronyd)
+    chronyd|chronyd-nts)
         {
             echo "# a stratum-1 server on its own clock; no clock control (-x), no rate limit"
             echo "# (ratelimit is off unless configured), no command port or socket"
-            chrony_server_conf "$SRV_IP" "$PORT" "$OUT/chronyd.pid"
-        } >"$OUT/chrony.conf"
-        in_srv chronyd -x -d -u root -f "$OUT/chrony.conf" >"$OUT/chronyd.log" 2>&1 &
+            chrony_server_conf "$SRV_IP" "$PORT" "$OUT/$name.pid"
+            if [ "$name" = chronyd-nts ]; then
+                nts_certs
+                echo "ntsservercert $OUT/nts/server.pem"
+                echo "ntsserverkey $OUT/nts/server.key"
+                echo "ntsport $NTS_KE_PORT"
+            fi
+        } >"$OUT/$name.conf"
+        in_srv chronyd -x -d -u root -f "$OUT/$name.conf" >"$OUT/$name.log" 2>&1 &
         SRV_PID=$!
+        if [ "$name" = chronyd-nts ]; then
+            LOAD_ARGS=(--nts-ke "$SRV_IP:$NTS_KE_PORT" --nts-ca "$OUT/nts/ca.pem")
+        fi
         ;;
     *) log "unknown server $name"; return 1 ;;
     esac
@@ -231,6 +271,11 @@ for name in $SERVERS; do
     strace_check "$name"
     stop_pid "$SRV_PID"; SRV_PID=
 done
+
+# The user-space cost of NTS per request, in-process (CPU time, no network).
+case " $SERVERS " in *"-nts "*)
+    taskset -c "$SERVER_CPU" "$BENCH" nts-cost --count 100000 >"$OUT/nts-cost.txt" 2>&1 || true ;;
+esac
 
 # --- report -----------------------------------------------------------------
 python3 - "$OUT" "$SERVERS" "$THRESHOLD" <<'PY'
@@ -434,5 +479,36 @@ if "hwntpd" in runs and "hwntpd-policy" in runs:
         print(f"median difference {d:+.2f} us/reply ({100 * d / b:+.1f}%) over {len(diffs)} rate(s) both answered")
     else:
         print("no rate answered by both")
+nts_pairs = [(p, p + "-nts") for p in ("hwntpd", "chronyd") if p + "-nts" in runs]
+if nts_pairs:
+    print()
+    print("== NTS (RFC 8915): authenticated replies, AES-SIV-CMAC-256, one cookie per reply")
+    cost = {}
+    for plain, nts in nts_pairs:
+        top = best.get(nts)
+        line = (f"{nts:<12} max rate {fmt(top['rate'] if top else None, '.0f')}/s, "
+                f"{fmt(top['cpu_us_per_reply'] if top else None)} us CPU/reply at that rate")
+        if plain in runs:
+            base = {s["rate"]: s for s in runs[plain] if passed(s) and s["cpu_us_per_reply"]}
+            diffs = sorted(s["cpu_us_per_reply"] - base[s["rate"]]["cpu_us_per_reply"]
+                           for s in runs[nts]
+                           if passed(s) and s["cpu_us_per_reply"] and s["rate"] in base)
+            if diffs:
+                cost[plain] = diffs[len(diffs) // 2]
+                line += (f"; NTS costs {cost[plain]:.2f} us/reply over {plain}'s plain reply "
+                         f"(median over {len(diffs)} common passing rate(s))")
+            else:
+                line += f"; no common passing rate with {plain}"
+        print(line)
+    cost_file = os.path.join(out, "nts-cost.txt")
+    if os.path.exists(cost_file):
+        print("hwntpd's NTS work per request in user space (hwntpd-bench nts-cost, CPU time):")
+        for line in open(cost_file):
+            print("  " + line.rstrip())
+    h, c = best.get("hwntpd-nts"), best.get("chronyd-nts")
+    if h and c:
+        print(f"hwntpd-nts max NTS rate / chronyd-nts's: {h['rate'] / c['rate']:.2f}")
+    if cost.get("hwntpd") is not None and cost.get("chronyd"):
+        print(f"NTS's cost over plain, hwntpd / chronyd: {cost['hwntpd'] / cost['chronyd']:.2f}")
 print(f"\nraw results: {out}")
 PY

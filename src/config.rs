@@ -333,6 +333,89 @@ pub struct Args {
     /// directive). Changes live on SIGHUP.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+
+    /// NTS: the server's TLS certificate chain (PEM). With --nts-key, starts the
+    /// NTS-KE server and serves NTS on the NTP sockets.
+    #[arg(long, value_name = "PATH", requires = "nts_key")]
+    pub nts_cert: Option<PathBuf>,
+
+    /// NTS: the private key of --nts-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH", requires = "nts_cert")]
+    pub nts_key: Option<PathBuf>,
+
+    /// NTS-KE address and port (repeatable). Default, once --nts-cert and
+    /// --nts-key are given: `0.0.0.0:4460` and `[::]:4460`.
+    #[arg(long, value_name = "ADDR:PORT", requires = "nts_cert")]
+    pub nts_ke_listen: Vec<SocketAddr>,
+
+    /// NTS: the NTP server (and port) NTS-KE clients are sent to, when NTP is
+    /// served by another host or port (NTPv4 Server and Port Negotiation records).
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_ntp_server, requires = "nts_cert")]
+    pub nts_ntp_server: Option<NtsNtpServer>,
+
+    /// NTS: how often the master key that cookies are sealed under is rotated
+    /// (seconds, or with a unit: 90m, 12h, 1d). Cookies stay valid for at least
+    /// two rotations. 0: never rotate (keys come from --nts-key-file, kept by
+    /// another host).
+    #[arg(long, value_name = "DURATION", value_parser = crate::nts::keys::parse_interval, default_value = "1d")]
+    pub nts_key_rotation: std::time::Duration,
+
+    /// NTS: keep the master keys in this file (written atomically, mode 0600,
+    /// re-read when it changes), so hosts sharing it accept each other's
+    /// cookies. Alone (without --nts-cert), serves NTS on the NTP sockets for
+    /// cookies another host's NTS-KE server hands out.
+    #[arg(long, value_name = "PATH")]
+    pub nts_key_file: Option<PathBuf>,
+
+    /// NTS: refuse requests that are not NTS-authenticated (DENY KoD).
+    #[arg(long)]
+    pub nts_require: bool,
+
+    /// NTS-KE connections served at once; more are closed at once.
+    #[arg(long, default_value_t = 64, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub nts_ke_connections: u32,
+
+    /// Seconds one NTS-KE connection may take in all (handshake, request,
+    /// response); each read or write waits at most 2 s of it.
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub nts_ke_timeout: u64,
+}
+
+/// Where NTS-KE sends clients for NTP (`--nts-ntp-server`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NtsNtpServer {
+    /// Host name or address.
+    pub host: String,
+    /// Port, if given.
+    pub port: Option<u16>,
+}
+
+/// Parse `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address.
+pub fn parse_ntp_server(s: &str) -> Result<NtsNtpServer, String> {
+    let bad = || format!("{s:?} is not HOST, HOST:PORT or [IPV6]:PORT");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after.strip_prefix(':') {
+            Some(p) => (h, Some(p.parse::<u16>().map_err(|_| bad())?)),
+            None if after.is_empty() => (h, None),
+            None => return Err(bad()),
+        }
+    } else if s.matches(':').count() == 1 {
+        let (h, p) = s.split_once(':').ok_or_else(bad)?;
+        (h, Some(p.parse::<u16>().map_err(|_| bad())?))
+    } else {
+        (s, None)
+    };
+    if host.is_empty()
+        || host.len() > crate::nts::ke_records::MAX_SERVER_NAME_LEN
+        || !host.is_ascii()
+    {
+        return Err(bad());
+    }
+    Ok(NtsNtpServer {
+        host: host.to_string(),
+        port,
+    })
 }
 
 impl Args {
@@ -392,6 +475,19 @@ impl Args {
                 v6: self.rate_limit_prefix_v6,
             },
         })
+    }
+
+    /// The NTS-KE listen addresses, with the defaults applied (none without
+    /// --nts-cert).
+    pub fn nts_ke_listen_addrs(&self) -> Vec<SocketAddr> {
+        match (&self.nts_cert, self.nts_ke_listen.is_empty()) {
+            (None, _) => Vec::new(),
+            (Some(_), true) => vec![
+                "0.0.0.0:4460".parse().unwrap(),
+                "[::]:4460".parse().unwrap(),
+            ],
+            (Some(_), false) => self.nts_ke_listen.clone(),
+        }
     }
 
     /// The worker count, with the default (one per CPU) applied.
@@ -510,6 +606,42 @@ mod tests {
             v.extend_from_slice(bad);
             assert!(Args::try_parse_from(&v).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn nts_flags() {
+        let a = Args::try_parse_from(["hwntpd"]).unwrap();
+        assert!(a.nts_ke_listen_addrs().is_empty());
+        assert_eq!(a.nts_key_rotation.as_secs(), 86400);
+        assert!(Args::try_parse_from(["hwntpd", "--nts-cert", "c.pem"]).is_err());
+        let a = Args::try_parse_from(["hwntpd", "--nts-cert", "c", "--nts-key", "k"]).unwrap();
+        assert_eq!(a.nts_ke_listen_addrs().len(), 2);
+        let a = Args::try_parse_from([
+            "hwntpd",
+            "--nts-cert",
+            "c",
+            "--nts-key",
+            "k",
+            "--nts-ke-listen",
+            "127.0.0.1:4461",
+            "--nts-ntp-server",
+            "[2001:db8::1]:1123",
+            "--nts-key-rotation",
+            "12h",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.nts_ke_listen_addrs(),
+            vec!["127.0.0.1:4461".parse().unwrap()]
+        );
+        let s = a.nts_ntp_server.unwrap();
+        assert_eq!((s.host.as_str(), s.port), ("2001:db8::1", Some(1123)));
+        assert_eq!(a.nts_key_rotation.as_secs(), 43200);
+        assert_eq!(parse_ntp_server("ntp.example").unwrap().port, None);
+        assert_eq!(parse_ntp_server("ntp.example:123").unwrap().port, Some(123));
+        assert_eq!(parse_ntp_server("2001:db8::1").unwrap().host, "2001:db8::1");
+        assert!(parse_ntp_server("host:x").is_err());
+        assert!(parse_ntp_server("").is_err());
     }
 
     #[test]

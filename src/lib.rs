@@ -7,6 +7,8 @@
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
 //! * [`policy`]: access lists and rate limits (who is served, how often).
+//! * [`nts`]: Network Time Security (RFC 8915): NTS-KE server, cookies, and
+//!   the NTS extension fields on the packet path.
 //! * [`sys`]: process credentials (the privilege drop after start-up).
 //! * [`config`]: the command line and the configuration file.
 //! * [`logging`]: log output to standard error, its style and live level.
@@ -17,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod logging;
 pub mod net;
+pub mod nts;
 pub mod policy;
 pub mod protocol;
 pub mod server;

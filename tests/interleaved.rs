@@ -158,6 +158,7 @@ fn basic_clients_do_not_pay_for_transmit_timestamps() {
     });
     let requested = stat(&s, "hwntpd_tx_timestamps_requested_total") - 10;
     assert!(requested >= 1, "some replies calibrate the send latency");
+    // One per 10 ms, plus the readiness query's before `started`.
     assert!(
         requested <= 2 * (1 + elapsed_ms / 5),
         "{requested} TX stamps for {n} replies in {elapsed_ms} ms"

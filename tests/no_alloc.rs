@@ -2,7 +2,8 @@
 //! loopback socket (kernel receive timestamps, interleaved mode with kernel
 //! transmit timestamps through io_uring's socket command) under a counting
 //! global allocator, and serves thousands of basic and interleaved requests
-//! after a warm-up. Only allocations made on the worker's own thread count (the
+//! after a warm-up, plain and with NTS (cookie decryption, authentication,
+//! new cookies, sealing). Only allocations made on the worker's own thread count (the
 //! test client runs on another thread).
 //!
 //! When an allocation is found, the backtrace of the first one is printed, so
@@ -19,6 +20,11 @@ use std::time::{Duration, Instant};
 use hwntpd::clock::snapshot::StateCell;
 use hwntpd::net::socket::{bind_udp, enable_timestamping, probe_scm_ts_opt_id, TimestampingConfig};
 use hwntpd::net::uring::{probe_tx_timestamp_command, RingConfig};
+use hwntpd::nts::aead::Aead;
+use hwntpd::nts::cookie::{self, ClientKeys};
+use hwntpd::nts::keys::KeySet;
+use hwntpd::nts::ntp::client::{check_reply, request as nts_request, ReplyCheck};
+use hwntpd::nts::service::NtsState;
 use hwntpd::policy::acl::{AccessList, Action, Cidr, Rule};
 use hwntpd::policy::ratelimit::{RateLimit, MIN_INTERVAL};
 use hwntpd::policy::{Policy, Shared};
@@ -27,6 +33,7 @@ use hwntpd::protocol::{NtpShort, NtpTimestamp, ServerState};
 use hwntpd::server::interleave::InterleaveTable;
 use hwntpd::server::stats::WorkerStats;
 use hwntpd::server::worker::{RxTimestamps, TxTimestampMode, Worker, WorkerConfig, WorkerSocket};
+use rand::SeedableRng as _;
 
 /// Counts allocations made on a thread marked with [`ON_WORKER`] while [`ARMED`].
 struct CountingAlloc;
@@ -111,12 +118,15 @@ struct Clients {
     counter: u64,
     basic: u64,
     interleaved: u64,
+    /// NTS: the keys and a cookie every request carries (requests and replies
+    /// are built and checked on this thread, which is not counted).
+    nts: Option<(ClientKeys, Vec<u8>)>,
 }
 
 impl Clients {
     /// `n` clients on 127.0.0.1, or (`policy`) each on its own address
-    /// 127.0.0.2.., plus the abusers.
-    fn new(n: usize, policy: bool) -> Clients {
+    /// 127.0.0.2.., plus the abusers; with `nts`, every request carries it.
+    fn new(n: usize, policy: bool, nts: Option<(ClientKeys, Vec<u8>)>) -> Clients {
         let socks = (0..n)
             .map(|i| {
                 let ip = if policy { 2 + i } else { 1 };
@@ -150,6 +160,7 @@ impl Clients {
             counter: 0,
             basic: 0,
             interleaved: 0,
+            nts,
         }
     }
 
@@ -168,7 +179,17 @@ impl Clients {
                 req[32..40].copy_from_slice(&local_rx.to_be_bytes());
             }
             req[40..48].copy_from_slice(&tx.to_be_bytes());
-            s.send_to(&req, server).unwrap();
+            match &self.nts {
+                Some((keys, cookie)) => {
+                    let uid = [i as u8; 32];
+                    let nonce = [self.counter as u8; 16];
+                    let nts = nts_request(&req, &uid, cookie, 0, keys, &nonce);
+                    s.send_to(&nts, server).unwrap();
+                }
+                None => {
+                    s.send_to(&req, server).unwrap();
+                }
+            }
             sent.push(tx);
         }
         let mut junk = [0u8; 128];
@@ -179,7 +200,7 @@ impl Clients {
             }
         }
         for (i, s) in self.socks.iter().enumerate() {
-            let mut buf = [0u8; 128];
+            let mut buf = [0u8; 1024];
             let (n, _) = loop {
                 match s.recv_from(&mut buf) {
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -188,6 +209,10 @@ impl Clients {
             };
             let h = Header::parse(&buf[..n]).expect("a valid reply");
             assert_eq!(h.mode, 4);
+            if let Some((keys, _)) = &self.nts {
+                let got = check_reply(&buf[..n], &[i as u8; 32], keys);
+                assert!(matches!(&got, ReplyCheck::Ok(c) if c.len() == 1), "{got:?}");
+            }
             if i % 2 == 1 {
                 let local_rx = 0x2000_0000_0000_0000u64 | (self.counter << 2) | 2;
                 if h.origin.0 == self.xleave[i].1 && self.xleave[i].1 != 0 {
@@ -259,7 +284,7 @@ fn busy_policy() -> Policy {
 /// Serve from an in-process worker with `tx_mode`, count the worker thread's
 /// allocations over 400 rounds of 16 requests after a warm-up, and check the
 /// modes were exercised. Returns the allocations counted.
-fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
+fn measure(tx_mode: TxTimestampMode, with_policy: bool, nts: bool) -> u64 {
     let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).expect("bind loopback");
     let interleave = tx_mode != TxTimestampMode::Off;
     let explicit_tx_key = interleave && probe_scm_ts_opt_id().unwrap_or(false);
@@ -277,6 +302,22 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
 
     let stats = Arc::new(WorkerStats::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let keyset = KeySet::generate(&mut rng, 0);
+    let client_nts = nts.then(|| {
+        let keys = ClientKeys {
+            aead: Aead::AesSivCmac256,
+            c2s: [3; 32],
+            s2c: [4; 32],
+        };
+        let mut buf = [0u8; cookie::MAX_COOKIE_LEN];
+        let n = cookie::encode(&keys, keyset.current(), &mut rng, &mut buf).unwrap();
+        (keys, buf[..n].to_vec())
+    });
+    let nts_state = nts.then(|| NtsState {
+        keys: Arc::new(arc_swap::ArcSwap::from_pointee(keyset)),
+        require: false,
+    });
     let cfg = WorkerConfig {
         id: 0,
         sockets: vec![WorkerSocket { fd, local }],
@@ -292,6 +333,7 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
         domains: hwntpd::clock::domain::TimeDomains::system(),
         ring: RingConfig::default(),
         cpu: None,
+        nts: nts_state.clone(),
         guards: Default::default(),
     };
     let worker = std::thread::spawn(move || {
@@ -299,7 +341,7 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
         Worker::new(cfg).expect("worker").run()
     });
 
-    let mut clients = Clients::new(16, with_policy);
+    let mut clients = Clients::new(16, with_policy, client_nts);
     // Warm-up: first-use allocations (thread-locals, arc-swap's debt node) happen here.
     for _ in 0..50 {
         clients.round(local);
@@ -328,7 +370,7 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
     let tx_kernel = end.tx_ts_kernel - warm.tx_ts_kernel;
     let allocs = COUNT.load(Ordering::SeqCst);
     eprintln!(
-        "{tx_mode:?}{}: {served} replies ({interleaved} interleaved, {tx_kernel} kernel TX stamps) \
+        "{tx_mode:?} (NTS: {nts}){}: {served} replies ({interleaved} interleaved, {tx_kernel} kernel TX stamps) \
          in {elapsed:?}, {allocs} allocations on the worker thread; stats: {}",
         if with_policy { " + policy" } else { "" },
         end.summary()
@@ -342,6 +384,9 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
         assert!(end.client_inserts >= 17);
     }
     assert!(served >= rounds * 16, "served {served}");
+    if nts {
+        assert!(end.nts_requests - warm.nts_requests >= rounds * 16);
+    }
     if interleave {
         assert!(interleaved >= rounds * 7, "interleaved {interleaved}");
         assert!(tx_kernel >= rounds * 7, "kernel TX stamps {tx_kernel}");
@@ -384,15 +429,18 @@ fn serving_allocates_nothing_per_packet() {
              (Linux 6.15+) is unavailable here"
         );
     }
-    // And with an access list of 1000 prefixes and rate limiting on, in the
-    // best transmit-timestamp mode.
+    // Each mode plain and with NTS; and with an access list of 1000 prefixes
+    // and rate limiting on, in the best transmit-timestamp mode.
     let best = *modes.last().unwrap();
-    let runs = modes.into_iter().map(|m| (m, false)).chain([(best, true)]);
-    for (mode, policy) in runs {
-        let allocs = measure(mode, policy);
+    let runs = modes
+        .into_iter()
+        .flat_map(|m| [(m, false, false), (m, false, true)])
+        .chain([(best, true, false)]);
+    for (mode, policy, nts) in runs {
+        let allocs = measure(mode, policy, nts);
         if allocs != 0 {
             let bt = FIRST.lock().unwrap().clone().unwrap_or_default();
-            panic!("{mode:?} (policy: {policy}): {allocs} allocations on the worker thread while serving; first at:\n{bt}");
+            panic!("{mode:?} (policy: {policy}, NTS: {nts}): {allocs} allocations on the worker thread while serving; first at:\n{bt}");
         }
     }
 }

@@ -29,9 +29,12 @@ pub const RECV_CONTROL_SPACE: usize = 256;
 /// `SO_TIMESTAMPING` request and its `SCM_TS_OPT_ID` key.
 pub const REPLY_CONTROL_SPACE: usize = 128;
 
-/// Largest payload a send slot holds (a reply is never longer than its request,
-/// and this server's replies are 48 octets).
-pub const SEND_PAYLOAD_MAX: usize = 64;
+/// Largest payload a send slot holds (a reply is never longer than its
+/// request). Plain replies are 48 octets; an NTS reply carries the request's
+/// Unique Identifier and as many new cookies as the request had cookies and
+/// placeholders: chrony's largest request (eight 104-octet cookie fields) is
+/// under 1000 octets. A reply that would not fit carries fewer cookies.
+pub const SEND_PAYLOAD_MAX: usize = 1024;
 
 /// A completion, copied out of the ring.
 #[derive(Clone, Copy, Debug, Default)]

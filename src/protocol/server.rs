@@ -102,6 +102,8 @@ pub enum KissCode {
     Deny,
     /// Access restricted.
     Rstr,
+    /// NTS NAK (RFC 8915 section 5.7): the request's cookie cannot be decrypted.
+    Ntsn,
 }
 
 impl KissCode {
@@ -111,6 +113,7 @@ impl KissCode {
             KissCode::Rate => *b"RATE",
             KissCode::Deny => *b"DENY",
             KissCode::Rstr => *b"RSTR",
+            KissCode::Ntsn => *b"NTSN",
         }
     }
 }

@@ -180,6 +180,9 @@ pub struct TimestampingSummary {
 pub struct Exporter {
     /// Each worker's counters.
     pub stats: Vec<Arc<WorkerStats>>,
+    /// Counters of threads that are not workers (the NTS-KE server): summed
+    /// into the totals, not watched for a heartbeat.
+    pub other_stats: Vec<Arc<WorkerStats>>,
     /// The served state.
     pub state: Arc<StateCell>,
     /// The reference's name (`system`, `local`, `phc`, `ntp`).
@@ -214,7 +217,12 @@ fn refid_text(s: &ServerState) -> String {
 impl Exporter {
     /// The counters of all workers, summed.
     pub fn totals(&self) -> StatsSnapshot {
-        stats::sum(self.stats.iter().map(|s| s.as_ref()))
+        stats::sum(
+            self.stats
+                .iter()
+                .chain(&self.other_stats)
+                .map(|s| s.as_ref()),
+        )
     }
 
     /// Every metric, from `totals` and the current state.

@@ -222,6 +222,12 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
         ReferenceArg::Phc => {} // the PHC thread publishes the state
     }
 
+    // NTS (RFC 8915): master keys, the NTS-KE server, the workers' state.
+    // NTS-KE connections obey the access list (live: reloads swap it).
+    let acl = shared.clone();
+    let admit: crate::nts::ke_server::Admit = Arc::new(move |ip| acl.load().acl.allows(ip));
+    let nts = crate::nts::service::start(args, &listen, Some(admit), stop.clone())?;
+
     let ring = RingConfig {
         batch_wait_us: args.batch_wait_us,
         ..RingConfig::default()
@@ -253,6 +259,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
             guards: guards.clone(),
+            nts: nts.as_ref().map(|n| n.state.clone()),
         };
         let ready = ready_tx.clone();
         let h = std::thread::Builder::new()
@@ -293,6 +300,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     // systemd's READY=1 and the health/watchdog supervision.
     let exporter = Arc::new(Exporter {
         stats,
+        other_stats: nts.iter().map(|n| n.ke_stats.clone()).collect(),
         state: cell.clone(),
         reference: reference.kind.to_string(),
         domains: phc_path.is_some().then(|| domains.clone()),
@@ -349,6 +357,9 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
         let _ = h.join();
     }
     for t in threads {
+        let _ = t.join();
+    }
+    for t in nts.map(|n| n.threads).unwrap_or_default() {
         let _ = t.join();
     }
     report(&exporter, args.stats_file.as_deref(), true);

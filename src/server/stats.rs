@@ -169,6 +169,20 @@ counters! {
     restarts => "hwntpd_worker_restarts_total", "", "Workers restarted after an error they could not recover from (ring rebuilt, sockets kept).";
     socket_overflow => "hwntpd_socket_overflow_drops_total", "", "Datagrams the kernel dropped because a socket's receive buffer was full (SO_RXQ_OVFL).";
     stale_requests => "hwntpd_stale_requests_total", "", "Requests dropped unanswered because they waited in the socket longer than --max-request-age-ms.";
+    nts_requests => "hwntpd_nts_requests_total", "", "NTS requests authenticated and answered with new cookies.";
+    nts_naks => "hwntpd_nts_naks_total", "", "NTS NAKs (KoD NTSN) sent: the request's cookie could not be decrypted.";
+    nts_auth_failures => "hwntpd_nts_auth_failures_total", "", "NTS requests dropped: the cookie decrypted but the Authenticator did not verify.";
+    nts_malformed => "hwntpd_nts_malformed_total", "", "NTS requests dropped: NTS fields missing, repeated or of bad length.";
+    nts_unauthenticated_refused => "hwntpd_nts_unauthenticated_refused_total", "", "Requests without NTS refused (DENY KoD) under --nts-require.";
+    nts_ke_sessions => "hwntpd_nts_ke_sessions_total", "", "NTS-KE sessions that handed out cookies.";
+    nts_ke_fail_tls => "hwntpd_nts_ke_failures_total", "reason=\"tls\"", "NTS-KE sessions failed in TLS (handshake or record layer).";
+    nts_ke_fail_alpn => "hwntpd_nts_ke_failures_total", "reason=\"alpn\"", "NTS-KE sessions whose client did not negotiate ALPN ntske/1.";
+    nts_ke_fail_timeout => "hwntpd_nts_ke_failures_total", "reason=\"timeout\"", "NTS-KE sessions that ran past their deadline.";
+    nts_ke_fail_io => "hwntpd_nts_ke_failures_total", "reason=\"io\"", "NTS-KE sessions the client closed early (or a socket error).";
+    nts_ke_fail_bad_request => "hwntpd_nts_ke_failures_total", "reason=\"bad_request\"", "NTS-KE requests answered with an Error record.";
+    nts_ke_fail_no_algorithm => "hwntpd_nts_ke_failures_total", "reason=\"no_algorithm\"", "NTS-KE requests with no protocol or AEAD in common.";
+    nts_ke_fail_busy => "hwntpd_nts_ke_failures_total", "reason=\"busy\"", "NTS-KE connections closed at once: the connection limit was reached.";
+    nts_ke_fail_denied => "hwntpd_nts_ke_failures_total", "reason=\"denied\"", "NTS-KE connections refused by the access list.";
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.

@@ -24,6 +24,8 @@ use crate::net::socket::readiness;
 use crate::net::uring::{
     BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing, SEND_PAYLOAD_MAX,
 };
+use crate::nts::ntp::{check_request, seal, write_nak, write_reply, NtsCheck, NtsDrop, SealJob};
+use crate::nts::service::NtsState;
 use crate::policy::ratelimit::ticks_from_ntp;
 use crate::policy::{self, PolicyCache};
 use crate::protocol::packet::set_transmit;
@@ -40,6 +42,7 @@ use crate::server::sendlatency::{SendLatency, Situation};
 use crate::server::stats::{add, bump, WorkerStats};
 use crate::server::txstamps::{Completion, PendingTx, Sent};
 use crate::server::watchdog::{Watchdog, WATCHDOG_INTERVAL_MS};
+use rand::SeedableRng as _;
 
 /// How a worker learns the exact transmit time of a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +106,8 @@ pub struct WorkerConfig {
     pub cpu: Option<usize>,
     /// Staleness bound and broadcast sources (see [`crate::server::resilience`]).
     pub guards: Guards,
+    /// NTS (RFC 8915) on this worker's sockets, when configured.
+    pub nts: Option<NtsState>,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -163,6 +168,8 @@ struct Queued {
     /// The request's poll exponent (how long its interleaved entry stays due).
     poll: i8,
     situation: Situation,
+    /// An NTS reply: its Authenticator is sealed after the transmit patch.
+    seal: Option<SealJob>,
 }
 
 /// What kind of reply a send slot carries, for counting on completion.
@@ -201,7 +208,9 @@ pub struct Worker {
     /// This worker's view of the shared policy.
     policy: Option<PolicyCache>,
     /// Randomness for the rate limiter's leak.
-    rng: u32,
+    leak_rng: u32,
+    /// Nonces and cookie nonces of NTS replies (a CSPRNG seeded by the OS).
+    rng: rand::rngs::StdRng,
     cfg: WorkerConfig,
 }
 
@@ -271,7 +280,8 @@ impl Worker {
             broadcasts: BroadcastCopy::default(),
             policy: cfg.policy.as_ref().map(|p| p.cache()),
             // Any non-zero seed; different per worker and per run.
-            rng: (realtime::now_unix().1 ^ (cfg.id as u32).wrapping_mul(0x9e37_79b9)) | 1,
+            leak_rng: (realtime::now_unix().1 ^ (cfg.id as u32).wrapping_mul(0x9e37_79b9)) | 1,
+            rng: rand::rngs::StdRng::from_os_rng(),
             cfg,
         };
         w.broadcasts.refresh(&w.cfg.guards.broadcasts.get());
@@ -643,7 +653,8 @@ impl Worker {
                             match code {
                                 KissCode::Rate => bump(&s.kod_rate),
                                 KissCode::Deny => bump(&s.kod_deny),
-                                KissCode::Rstr => {}
+                                // NTSN is counted where it is made (nts_naks).
+                                KissCode::Rstr | KissCode::Ntsn => {}
                             }
                         }
                     }
@@ -768,7 +779,7 @@ impl Worker {
                     policy,
                     source.ip(),
                     now_tick,
-                    policy::xorshift32(&mut self.rng),
+                    policy::xorshift32(&mut self.leak_rng),
                 );
                 if d.table.inserted {
                     bump(&stats.client_inserts);
@@ -787,18 +798,78 @@ impl Worker {
             bump(&stats.send_queue_full);
             return;
         };
-        let ctx = RequestContext {
+        let mut ctx = RequestContext {
             receive_time,
             transmit_time: wake,
             source,
             admission,
             interleave: self.cfg.table.is_some(),
         };
+        // NTS after the access list and rate limit (an admitted request only),
+        // before the reply.
+        let mut nts_reply = None;
+        let mut nts_nak = None;
+        if let (Some(nts), Admission::Allow) = (&self.cfg.nts, ctx.admission) {
+            if classify(msg.payload, &source).is_ok() {
+                let keys = nts.keys.load();
+                match check_request(msg.payload, &keys) {
+                    NtsCheck::Plain if nts.require => {
+                        bump(&stats.nts_unauthenticated_refused);
+                        ctx.admission = Admission::Kod(KissCode::Deny);
+                    }
+                    NtsCheck::Plain => {}
+                    NtsCheck::Authenticated(r) => nts_reply = Some(r),
+                    NtsCheck::Nak {
+                        uid_at, uid_len, ..
+                    } => {
+                        ctx.admission = Admission::Kod(KissCode::Ntsn);
+                        nts_nak = Some((uid_at, uid_len));
+                    }
+                    NtsCheck::Drop(why) => {
+                        bump(match why {
+                            NtsDrop::AuthFailed => &stats.nts_auth_failures,
+                            NtsDrop::Malformed => &stats.nts_malformed,
+                        });
+                        self.slots.release(slot);
+                        return;
+                    }
+                }
+            }
+        }
         let state = self.cfg.state.load();
         let out = self.slots.payload_mut(slot);
         let decision = match &self.cfg.table {
             Some(t) => respond(msg.payload, &ctx, &state, t.as_ref(), out),
             None => respond(msg.payload, &ctx, &state, &NoInterleave, out),
+        };
+        let mut seal_job = None;
+        let decision = match decision {
+            Decision::Reply(mut r) => {
+                let nts = match (r.kind, nts_nak, &nts_reply) {
+                    (ReplyKind::Kod(KissCode::Ntsn), Some((at, len)), _) => {
+                        bump(&stats.nts_naks);
+                        write_nak(out, msg.payload, at, len)
+                    }
+                    (ReplyKind::Basic | ReplyKind::Interleaved { .. }, _, Some(req)) => {
+                        let keys = self.cfg.nts.as_ref().map(|n| n.keys.load());
+                        keys.and_then(|k| write_reply(out, msg.payload, req, &k, &mut self.rng))
+                            .map(|(len, job)| {
+                                bump(&stats.nts_requests);
+                                seal_job = Some(job);
+                                len
+                            })
+                    }
+                    _ => Some(r.len),
+                };
+                match nts {
+                    Some(len) => {
+                        r.len = len;
+                        Decision::Reply(r)
+                    }
+                    None => Decision::Drop(DropReason::BufferTooSmall),
+                }
+            }
+            d => d,
         };
         let reply = match decision {
             Decision::Reply(r) if r.len <= SEND_PAYLOAD_MAX => r,
@@ -886,6 +957,7 @@ impl Worker {
             tx_key,
             poll: msg.payload.get(2).map_or(0, |&p| p as i8),
             situation,
+            seal: seal_job,
         });
     }
 
@@ -915,6 +987,15 @@ impl Worker {
             let transmit = now.add_nanos(latency).with_even_low_bit();
             if q.patch_transmit {
                 set_transmit(self.slots.payload_mut(q.slot), transmit);
+            }
+            // NTS: the Authenticator covers the header, so it is sealed after
+            // the transmit timestamp is final.
+            if let Some(job) = &q.seal {
+                if !seal(self.slots.payload_mut(q.slot), job) {
+                    bump(&self.cfg.stats.drops[DropReason::BufferTooSmall as usize]);
+                    self.slots.release(q.slot);
+                    continue;
+                }
             }
             if q.want_tx {
                 let sent = Sent {
@@ -1254,6 +1335,7 @@ mod tests {
             ring: RingConfig::default(),
             cpu: None,
             guards: Default::default(),
+            nts: None,
         };
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
@@ -1342,6 +1424,7 @@ mod tests {
                 cpu: None,
                 guards: Guards::default(),
                 policy: None,
+                nts: None,
             };
             let faults = faults.clone();
             let (ready_tx, ready) = std::sync::mpsc::channel();

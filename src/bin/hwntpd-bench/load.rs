@@ -95,6 +95,121 @@ pub struct LoadArgs {
     /// Socket buffer size in bytes for each client socket.
     #[arg(long, default_value_t = 1 << 20)]
     pub sockbuf: usize,
+    /// Speak NTS (RFC 8915): one NTS-KE session with this server first, then
+    /// every request carries its first cookie, a fresh Unique Identifier and
+    /// an Authenticator (sealed per request by the generator). A reply counts
+    /// as valid only if it carries NTS fields (a NAK counts as a KoD).
+    #[arg(long, value_name = "ADDR:PORT", requires = "nts_ca")]
+    pub nts_ke: Option<SocketAddr>,
+    /// PEM file of the CA (or certificate) the NTS-KE server's certificate chains to.
+    #[arg(long, value_name = "PATH")]
+    pub nts_ca: Option<PathBuf>,
+    /// Name to verify the NTS-KE certificate for (default: the --nts-ke address).
+    #[arg(long)]
+    pub nts_name: Option<String>,
+    /// AEAD to offer (15: AES-SIV-CMAC-256, as chrony prefers; 30: AES-128-GCM-SIV).
+    #[arg(long, default_value_t = 15)]
+    pub nts_aead: u16,
+}
+
+/// An NTS session for the generator: keys, the cookie every request carries,
+/// and where the fields sit in a request.
+struct NtsClient {
+    keys: hwntpd::nts::cookie::ClientKeys,
+    /// Offset of the Authenticator field (the associated data ends here).
+    auth_at: usize,
+    /// The request's length.
+    len: usize,
+    /// The fixed part after the header (UID field, cookie field, Authenticator
+    /// header); the UID body, the nonce and the tag are filled per request.
+    template: Vec<u8>,
+}
+
+/// Offsets in an NTS request: the UID body starts 4 octets after the header.
+const NTS_UID_AT: usize = 52;
+const NTS_UID_LEN: usize = 32;
+const NTS_NONCE_LEN: usize = 16;
+
+impl NtsClient {
+    fn start(args: &LoadArgs, ke: SocketAddr) -> anyhow::Result<NtsClient> {
+        use hwntpd::nts::{ke_client, ke_records, ntp::ef, ALPN_NTSKE};
+        let ca = args.nts_ca.as_ref().context("--nts-ke needs --nts-ca")?;
+        let name = args.nts_name.clone().unwrap_or_else(|| ke.ip().to_string());
+        let cfg = ke_client::client_config(ca, &[ALPN_NTSKE])?;
+        let out = ke_client::exchange(
+            cfg,
+            ke,
+            &name,
+            &ke_records::client_request(&[args.nts_aead]),
+            Duration::from_secs(5),
+        )
+        .context("NTS-KE session")?;
+        let keys = out
+            .keys
+            .with_context(|| format!("NTS-KE: no AEAD in common: {:?}", out.response))?;
+        let cookie = out
+            .response
+            .cookies
+            .first()
+            .context("NTS-KE: no cookie")?
+            .clone();
+        let mut t = Vec::new();
+        let field = |t: &mut Vec<u8>, ty: u16, body_len: usize, body: &[u8]| {
+            t.extend_from_slice(&ty.to_be_bytes());
+            t.extend_from_slice(&((4 + body_len) as u16).to_be_bytes());
+            t.extend_from_slice(body);
+            t.resize(t.len() + body_len - body.len(), 0);
+        };
+        field(&mut t, ef::UNIQUE_IDENTIFIER, NTS_UID_LEN, &[]);
+        field(&mut t, ef::COOKIE, cookie.len().div_ceil(4) * 4, &cookie);
+        let auth_at = 48 + t.len();
+        let mut head = Vec::new();
+        head.extend_from_slice(&(NTS_NONCE_LEN as u16).to_be_bytes());
+        head.extend_from_slice(&16u16.to_be_bytes());
+        field(&mut t, ef::AUTHENTICATOR, 4 + NTS_NONCE_LEN + 16, &head);
+        let len = 48 + t.len();
+        if len > crate::sys::BUF_LEN {
+            bail!(
+                "NTS request of {len} octets does not fit a {}-octet buffer",
+                crate::sys::BUF_LEN
+            );
+        }
+        eprintln!(
+            "NTS-KE: AEAD {} , {} cookies of {} octets; requests of {len} octets",
+            keys.aead.id(),
+            out.response.cookies.len(),
+            cookie.len()
+        );
+        Ok(NtsClient {
+            keys,
+            auth_at,
+            len,
+            template: t,
+        })
+    }
+
+    /// Fill the NTS part of request `b` (header already final) and seal it.
+    fn seal(&self, b: &mut [u8], seq: u64) {
+        b[48..self.len].copy_from_slice(&self.template);
+        let id = seq.to_be_bytes();
+        for (i, x) in b[NTS_UID_AT..NTS_UID_AT + NTS_UID_LEN]
+            .iter_mut()
+            .enumerate()
+        {
+            *x = id[i % 8] ^ (i as u8);
+        }
+        let nonce_at = self.auth_at + 8;
+        b[nonce_at..nonce_at + 8].copy_from_slice(&id);
+        b[nonce_at + 8..nonce_at + NTS_NONCE_LEN].copy_from_slice(&id);
+        let (ad, rest) = b.split_at_mut(self.auth_at);
+        let nonce = &rest[8..8 + NTS_NONCE_LEN];
+        let tag = self
+            .keys
+            .aead
+            .seal(self.keys.c2s(), nonce, ad, &mut [])
+            .expect("key and nonce fit the AEAD");
+        b[nonce_at + NTS_NONCE_LEN..nonce_at + NTS_NONCE_LEN + 16].copy_from_slice(&tag);
+    }
 }
 
 /// Ring of send times indexed by sequence number (power of two).
@@ -408,6 +523,7 @@ struct Generator<'a> {
     c: Counters,
     rtt: Histogram,
     turnaround: Histogram,
+    nts: Option<NtsClient>,
 }
 
 impl<'a> Generator<'a> {
@@ -442,6 +558,10 @@ impl<'a> Generator<'a> {
             epoll.add_readable(s.as_raw_fd(), i as u64)?;
             socks.push(s);
         }
+        let nts = args
+            .nts_ke
+            .map(|ke| NtsClient::start(args, ke))
+            .transpose()?;
         let batch = args.batch.clamp(1, 1024);
         let mut tx = Batch::new(batch, false);
         for i in 0..batch {
@@ -450,7 +570,7 @@ impl<'a> Generator<'a> {
             b[0] = 0x23; // LI 0, version 4, mode 3
             b[2] = 6; // poll 2^6 s
             b[3] = (-20i8) as u8;
-            tx.set_len(i, 48);
+            tx.set_len(i, nts.as_ref().map_or(48, |n| n.len));
         }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -477,6 +597,7 @@ impl<'a> Generator<'a> {
             c: Counters::default(),
             rtt: Histogram::new(),
             turnaround: Histogram::new(),
+            nts,
         })
     }
 
@@ -506,6 +627,9 @@ impl<'a> Generator<'a> {
                 b[24..32].copy_from_slice(&origin.to_be_bytes());
                 b[32..40].copy_from_slice(&recv_field.to_be_bytes());
                 b[40..48].copy_from_slice(&key.to_be_bytes());
+                if let Some(nts) = &self.nts {
+                    nts.seal(b, self.m.next_seq + i as u64);
+                }
             }
             let stamp = self.now_ns() + 1;
             match self.tx.send(self.fds[s], 0, n, 0) {
@@ -550,6 +674,11 @@ impl<'a> Generator<'a> {
                 let (pkt, truncated) = self.rx.packet(i);
                 if truncated {
                     self.c.truncated += 1;
+                }
+                if self.nts.is_some() && pkt.len() <= 48 && pkt.get(1) != Some(&0) {
+                    // A plain reply to an NTS request: not NTS-served.
+                    self.c.invalid += 1;
+                    continue;
                 }
                 classify(
                     pkt,

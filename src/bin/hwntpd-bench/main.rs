@@ -1,11 +1,13 @@
 //! `hwntpd-bench`: a batched NTP load generator (`load`), the floor responder
 //! that measures what the kernel alone costs per reply (`floor`), and a
-//! field-printing client (`query`). See `scripts/bench.sh` for how they are
+//! field-printing client (`query`), and the in-process cost of NTS per
+//! request (`nts-cost`). See `scripts/bench.sh` for how they are
 //! combined into a comparison of hwntpd, chronyd and the floor.
 
 mod floor;
 mod hist;
 mod load;
+mod ntscost;
 mod query;
 mod sys;
 
@@ -19,6 +21,8 @@ struct Cli {
     cmd: Cmd,
 }
 
+// Parsed once at start: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Offer NTP requests at a fixed rate or a rising sweep and report answers,
@@ -29,6 +33,8 @@ enum Cmd {
     Floor(floor::FloorArgs),
     /// Send a few requests and print every field of the replies.
     Query(query::QueryArgs),
+    /// The user-space cost of NTS per request, in-process (no network).
+    NtsCost(ntscost::NtsCostArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Load(a) => load::run(a),
         Cmd::Floor(a) => floor::run(a),
         Cmd::Query(a) => query::run(a),
+        Cmd::NtsCost(a) => ntscost::run(a),
     };
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,208 @@
+//! Cookies: what a client hands back so the server, keeping no state per
+//! client, can recover the client's AEAD and keys (RFC 8915 section 6).
+//!
+//! Format (all lengths in octets):
+//!
+//! | key id (4) | nonce (16) | AES-SIV tag (16) | encrypted: AEAD id (2), zero (2), C2S key, S2C key |
+//!
+//! encrypted with AEAD_AES_SIV_CMAC_256 under the master key named by the id,
+//! with the key id as associated data (so a cookie cannot be moved to another
+//! key's id). 104 octets for AES-SIV-CMAC-256 clients, 72 for AES-128-GCM-SIV.
+
+use rand::RngCore;
+
+use super::aead::{Aead, MAX_KEY_LEN, TAG_LEN};
+use super::keys::{KeySet, MasterKey};
+
+/// Nonce length of cookies.
+pub const COOKIE_NONCE_LEN: usize = 16;
+
+const HEADER_LEN: usize = 4 + COOKIE_NONCE_LEN + TAG_LEN;
+
+/// Longest cookie this server makes.
+pub const MAX_COOKIE_LEN: usize = HEADER_LEN + 4 + 2 * MAX_KEY_LEN;
+
+/// The length of a cookie for a client using `aead`.
+pub fn cookie_len(aead: Aead) -> usize {
+    HEADER_LEN + 4 + 2 * aead.key_len()
+}
+
+/// The keys of one client, as a cookie carries them.
+#[derive(Clone, Copy)]
+pub struct ClientKeys {
+    /// The negotiated AEAD.
+    pub aead: Aead,
+    /// Client-to-server key (first `aead.key_len()` octets used).
+    pub c2s: [u8; MAX_KEY_LEN],
+    /// Server-to-client key (first `aead.key_len()` octets used).
+    pub s2c: [u8; MAX_KEY_LEN],
+}
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientKeys({:?})", self.aead)
+    }
+}
+
+impl PartialEq for ClientKeys {
+    fn eq(&self, other: &Self) -> bool {
+        self.aead == other.aead && self.c2s() == other.c2s() && self.s2c() == other.s2c()
+    }
+}
+
+impl Eq for ClientKeys {}
+
+impl ClientKeys {
+    /// The client-to-server key.
+    pub fn c2s(&self) -> &[u8] {
+        &self.c2s[..self.aead.key_len()]
+    }
+
+    /// The server-to-client key.
+    pub fn s2c(&self) -> &[u8] {
+        &self.s2c[..self.aead.key_len()]
+    }
+}
+
+/// Why a cookie was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieError {
+    /// Too short, too long, or a length no AEAD's keys give.
+    BadLength,
+    /// No master key with this id (never ours, or rotated out).
+    UnknownKey,
+    /// The master key did not authenticate it (forged or damaged).
+    Forged,
+    /// It decrypted but names an AEAD this server does not know.
+    BadContent,
+}
+
+/// Encrypt `keys` into a cookie under `master`; writes into `out` and returns
+/// the length, or `None` if `out` is too short.
+pub fn encode(
+    keys: &ClientKeys,
+    master: &MasterKey,
+    rng: &mut impl RngCore,
+    out: &mut [u8],
+) -> Option<usize> {
+    let klen = keys.aead.key_len();
+    let len = cookie_len(keys.aead);
+    let out = out.get_mut(..len)?;
+    out[..4].copy_from_slice(&master.id.to_be_bytes());
+    rng.fill_bytes(&mut out[4..4 + COOKIE_NONCE_LEN]);
+    let (head, body) = out.split_at_mut(HEADER_LEN);
+    body[..2].copy_from_slice(&keys.aead.id().to_be_bytes());
+    body[2..4].fill(0);
+    body[4..4 + klen].copy_from_slice(keys.c2s());
+    body[4 + klen..4 + 2 * klen].copy_from_slice(keys.s2c());
+    let (id, rest) = head.split_at_mut(4);
+    let (nonce, tag) = rest.split_at_mut(COOKIE_NONCE_LEN);
+    let t = Aead::AesSivCmac256
+        .seal(&master.key, nonce, id, body)
+        .ok()?;
+    tag.copy_from_slice(&t);
+    Some(len)
+}
+
+/// Decrypt a cookie with the key set. Allocates nothing.
+pub fn decode(cookie: &[u8], keys: &KeySet) -> Result<ClientKeys, CookieError> {
+    if cookie.len() < HEADER_LEN + 4 || cookie.len() > MAX_COOKIE_LEN {
+        return Err(CookieError::BadLength);
+    }
+    let body_len = cookie.len() - HEADER_LEN;
+    if body_len != 4 + 2 * 16 && body_len != 4 + 2 * 32 {
+        return Err(CookieError::BadLength);
+    }
+    let id = u32::from_be_bytes([cookie[0], cookie[1], cookie[2], cookie[3]]);
+    let master = keys.find(id).ok_or(CookieError::UnknownKey)?;
+    let nonce = &cookie[4..4 + COOKIE_NONCE_LEN];
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&cookie[4 + COOKIE_NONCE_LEN..HEADER_LEN]);
+    let mut body = [0u8; 4 + 2 * MAX_KEY_LEN];
+    let body = &mut body[..body_len];
+    body.copy_from_slice(&cookie[HEADER_LEN..]);
+    Aead::AesSivCmac256
+        .open(&master.key, nonce, &cookie[..4], body, &tag)
+        .map_err(|_| CookieError::Forged)?;
+    let aead =
+        Aead::from_id(u16::from_be_bytes([body[0], body[1]])).ok_or(CookieError::BadContent)?;
+    let klen = aead.key_len();
+    if body_len != 4 + 2 * klen {
+        return Err(CookieError::BadContent);
+    }
+    let mut k = ClientKeys {
+        aead,
+        c2s: [0; MAX_KEY_LEN],
+        s2c: [0; MAX_KEY_LEN],
+    };
+    k.c2s[..klen].copy_from_slice(&body[4..4 + klen]);
+    k.s2c[..klen].copy_from_slice(&body[4 + klen..]);
+    Ok(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn client(aead: Aead) -> ClientKeys {
+        let mut k = ClientKeys {
+            aead,
+            c2s: [0; 32],
+            s2c: [0; 32],
+        };
+        for i in 0..aead.key_len() {
+            k.c2s[i] = i as u8;
+            k.s2c[i] = 0x80 | i as u8;
+        }
+        k
+    }
+
+    #[test]
+    fn round_trip_each_aead() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let set = KeySet::generate(&mut rng, 0);
+        for aead in Aead::SUPPORTED {
+            let mut buf = [0u8; MAX_COOKIE_LEN];
+            let n = encode(&client(aead), set.current(), &mut rng, &mut buf).unwrap();
+            assert_eq!(n, cookie_len(aead));
+            assert_eq!(n % 4, 0, "cookies fill whole extension-field words");
+            assert_eq!(decode(&buf[..n], &set).unwrap(), client(aead));
+            let mut bad = buf;
+            bad[n - 1] ^= 1;
+            assert_eq!(decode(&bad[..n], &set), Err(CookieError::Forged));
+            let mut moved = buf;
+            moved[..4].copy_from_slice(&set.keys()[1].id.to_be_bytes());
+            assert_eq!(decode(&moved[..n], &set), Err(CookieError::Forged));
+            assert_eq!(decode(&buf[..n - 4], &set), Err(CookieError::BadLength));
+        }
+        assert_eq!(cookie_len(Aead::AesSivCmac256), 104);
+        assert_eq!(cookie_len(Aead::AesGcmSiv128), 72);
+    }
+
+    /// A cookie issued before a rotation still decodes after two rotations, and
+    /// no longer after the key is forgotten.
+    #[test]
+    fn cookies_survive_rotation() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let set = KeySet::generate(&mut rng, 0);
+        let mut buf = [0u8; MAX_COOKIE_LEN];
+        let n = encode(
+            &client(Aead::AesSivCmac256),
+            set.current(),
+            &mut rng,
+            &mut buf,
+        )
+        .unwrap();
+        let cookie = &buf[..n];
+        let r1 = set.rotated(&mut rng, 1);
+        let r2 = r1.rotated(&mut rng, 2);
+        for s in [&set, &r1, &r2] {
+            assert_eq!(decode(cookie, s).unwrap(), client(Aead::AesSivCmac256));
+        }
+        assert_eq!(
+            decode(cookie, &r2.rotated(&mut rng, 3)),
+            Err(CookieError::UnknownKey)
+        );
+    }
+}

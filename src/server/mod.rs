@@ -6,6 +6,7 @@
 pub mod interleave;
 pub mod stats;
 pub mod timestamping;
+pub mod tscheck;
 pub mod txstamps;
 pub mod watchdog;
 pub mod worker;
@@ -265,13 +266,27 @@ pub fn run(args: &Args) -> Result<()> {
         "serving NTP"
     );
 
+    // Hardware timestamps promised at start-up are checked against what arrives.
+    let mut ts_check = tscheck::TimestampCheck::new(
+        plan.rx_hardware,
+        plan.tx_hardware && plan.tx_mode != worker::TxTimestampMode::Off,
+        &plan.hw_interfaces,
+    );
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
+    let mut next_check = Instant::now() + Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if Instant::now() >= next_check {
+            next_check += Duration::from_secs(1);
+            let total = stats::sum(stats.iter().map(|s| s.as_ref()));
+            for t in ts_check.observe(tscheck::TsCounts::from_stats(&total)) {
+                ts_check.log(&t);
+            }
+        }
         if Instant::now() >= next {
             next += interval;
-            report(&stats, args.stats_file.as_deref(), true);
+            report(&stats, &ts_check, args.stats_file.as_deref(), true);
         }
     }
     tracing::info!("stopping");
@@ -281,17 +296,23 @@ pub fn run(args: &Args) -> Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    report(&stats, args.stats_file.as_deref(), true);
+    report(&stats, &ts_check, args.stats_file.as_deref(), true);
     Ok(())
 }
 
-fn report(stats: &[Arc<WorkerStats>], file: Option<&Path>, log: bool) -> StatsSnapshot {
+fn report(
+    stats: &[Arc<WorkerStats>],
+    ts_check: &tscheck::TimestampCheck,
+    file: Option<&Path>,
+    log: bool,
+) -> StatsSnapshot {
     let total = stats::sum(stats.iter().map(|s| s.as_ref()));
     if log {
         tracing::info!("stats: {}", total.summary());
     }
     if let Some(path) = file {
-        if let Err(e) = write_atomically(path, total.to_prometheus().as_bytes()) {
+        let text = total.to_prometheus() + &ts_check.to_prometheus();
+        if let Err(e) = write_atomically(path, text.as_bytes()) {
             tracing::warn!(path = %path.display(), "cannot write stats file: {e}");
         }
     }

@@ -3,6 +3,7 @@
 // layer's (src/net/).
 #![forbid(unsafe_code)]
 
+pub mod hysteresis;
 pub mod interleave;
 pub mod stats;
 pub mod timestamping;

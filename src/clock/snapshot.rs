@@ -24,6 +24,9 @@ pub const STOP_POLL_STEP: Duration = Duration::from_millis(50);
 /// workers (readers).
 pub struct StateCell {
     inner: ArcSwap<ServerState>,
+    /// Set while the node is unhealthy under `--on-unsync drop`: the workers
+    /// then see an unsynchronised state and answer nothing.
+    withheld: AtomicBool,
 }
 
 impl StateCell {
@@ -31,13 +34,35 @@ impl StateCell {
     pub fn new(state: ServerState) -> Self {
         StateCell {
             inner: ArcSwap::from_pointee(state),
+            withheld: AtomicBool::new(false),
         }
     }
 
-    /// A copy of the current state (lock-free, no allocation).
+    /// A copy of the state to serve (lock-free, no allocation): the
+    /// reference's, or LI 3 / stratum 16 while [`StateCell::set_withheld`].
     #[inline]
     pub fn load(&self) -> ServerState {
+        let s = **self.inner.load();
+        if self.withheld.load(Ordering::Relaxed) {
+            ServerState {
+                leap: crate::protocol::LeapIndicator::Unsynchronized,
+                stratum: ServerState::STRATUM_UNSYNC,
+                ..s
+            }
+        } else {
+            s
+        }
+    }
+
+    /// The reference's state, whether withheld or not (for the health check).
+    pub fn load_reference(&self) -> ServerState {
         **self.inner.load()
+    }
+
+    /// Withhold the state (serve it as unsynchronised) or stop withholding.
+    /// Returns whether this changed anything.
+    pub fn set_withheld(&self, withheld: bool) -> bool {
+        self.withheld.swap(withheld, Ordering::Relaxed) != withheld
     }
 
     /// Replaces the state; readers see either the old or the new one whole.
@@ -156,6 +181,27 @@ mod tests {
             max_poll: 17,
             serve_unsynchronized: true,
         }
+    }
+
+    #[test]
+    fn withheld_state_is_unsynchronised_but_the_reference_is_kept() {
+        let mut s = marked(3);
+        s.serve_unsynchronized = false;
+        let cell = StateCell::new(s);
+        assert!(!cell.load().is_unsynchronized());
+        assert!(cell.set_withheld(true));
+        assert!(!cell.set_withheld(true), "no change the second time");
+        let served = cell.load();
+        assert!(served.is_unsynchronized());
+        assert_eq!(served.stratum, ServerState::STRATUM_UNSYNC);
+        assert!(!served.serve_unsynchronized, "so the workers drop");
+        assert_eq!(
+            cell.load_reference(),
+            s,
+            "the health check sees the reference"
+        );
+        assert!(cell.set_withheld(false));
+        assert_eq!(cell.load(), s);
     }
 
     #[test]

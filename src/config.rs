@@ -216,6 +216,18 @@ pub struct Args {
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub stats_interval: u64,
 
+    /// Serve `GET /metrics` (Prometheus text format) and `GET /healthz` (200
+    /// while the reference is usable and every worker alive, else 503) on this
+    /// address. Off by default.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// After start-up (sockets bound, NIC timestamping set, PHC opened), switch
+    /// to this user and its primary group, with no supplementary groups and no
+    /// capabilities. Needs starting as root.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
     /// Log level: error, warn, info, debug or trace (or a tracing filter directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,

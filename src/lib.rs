@@ -6,6 +6,7 @@
 //! * [`net`]: the Linux layer: sockets, `SO_TIMESTAMPING`, control messages,
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
+//! * [`sys`]: process credentials (the privilege drop after start-up).
 //! * [`config`]: the command line.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -15,3 +16,4 @@ pub mod config;
 pub mod net;
 pub mod protocol;
 pub mod server;
+pub mod sys;

@@ -1,66 +1,15 @@
-//! Health that fails closed, with hysteresis: the one notion of "healthy" that
-//! `/healthz`, the metrics and (with `--on-unsync drop`) the workers follow, and
-//! that an anycast node's BGP announcement hangs on (README, "Running a fleet").
-//!
-//! A node is healthy when, at each check (once a second):
-//! - the reference is usable (the served state is synchronised);
-//! - every worker is alive: its heartbeat advanced since the last check;
-//! - where hardware timestamps were asked for (`--timestamping hardware`), the
-//!   PHC tracking is healthy and the promised timestamps arrive
-//!   ([`crate::server::tscheck`]).
-//!
-//! It starts unhealthy ("starting"), turns unhealthy at the first bad check
-//! (fail fast: a route must go within seconds), and healthy again only after
-//! [`RISE_CHECKS`] good checks in a row, so a flapping input does not flap the
-//! route. The decision is pure: [`first_problem`] names what is wrong with one
-//! check's inputs, [`Hysteresis::update`] turns the sequence into the state.
-
-/// Good checks in a row needed to become healthy.
-pub const RISE_CHECKS: u32 = 3;
-
-/// What one check saw.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HealthInputs {
-    /// The reference is usable (the served state is synchronised).
-    pub reference_usable: bool,
-    /// Workers whose heartbeat did not advance since the last check (by id).
-    pub dead_workers: Vec<usize>,
-    /// `Some(healthy)` when hardware timestamps were asked for and a PHC
-    /// converts them; `None` when the PHC does not matter.
-    pub phc_healthy: Option<bool>,
-    /// When hardware timestamps were asked for: the promised ones that do not
-    /// arrive ([`crate::server::tscheck::TimestampCheck::reason`]), "" if none.
-    pub timestamps_missing: String,
-}
-
-/// The first thing wrong with one check's inputs, as one line; `None` if all is well.
-pub fn first_problem(i: &HealthInputs) -> Option<String> {
-    if !i.reference_usable {
-        return Some("reference unusable (unsynchronised: serving LI 3 or nothing)".into());
-    }
-    if !i.dead_workers.is_empty() {
-        let ids: Vec<String> = i.dead_workers.iter().map(|w| w.to_string()).collect();
-        return Some(format!(
-            "worker{} {} not alive (no heartbeat since the last check)",
-            if ids.len() > 1 { "s" } else { "" },
-            ids.join(",")
-        ));
-    }
-    if i.phc_healthy == Some(false) {
-        return Some("PHC tracking unhealthy: hardware timestamps cannot be converted".into());
-    }
-    if !i.timestamps_missing.is_empty() {
-        return Some(i.timestamps_missing.clone());
-    }
-    None
-}
+//! Hysteresis for the health verdict ([`super::health`]): a node starts
+//! unhealthy ("starting") and becomes healthy at its first good check; it turns
+//! unhealthy at the first bad check (fail fast: a route must go within
+//! seconds), and after that healthy again only after `rise` good checks in a
+//! row, so a flapping input does not flap an anycast route.
 
 /// A change of the health state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HealthChange {
     /// Became healthy.
     Healthy,
-    /// Became unhealthy, for this reason.
+    /// Became unhealthy, or unhealthy for a new reason.
     Unhealthy(String),
 }
 
@@ -73,14 +22,9 @@ pub struct Hysteresis {
     reason: String,
 }
 
-impl Default for Hysteresis {
-    fn default() -> Self {
-        Self::new(RISE_CHECKS)
-    }
-}
-
 impl Hysteresis {
-    /// Unhealthy ("starting") until `rise` good checks in a row.
+    /// Unhealthy ("starting") until the first good check; after a bad one,
+    /// until `rise` good checks in a row (at least 1).
     pub fn new(rise: u32) -> Self {
         Hysteresis {
             rise: rise.max(1),
@@ -99,15 +43,14 @@ impl Hysteresis {
                 let was = std::mem::replace(&mut self.healthy, false);
                 let changed = was || reason != self.reason;
                 self.reason = reason;
-                // A new reason while unhealthy is reported too (the log says why).
                 changed.then(|| HealthChange::Unhealthy(self.reason.clone()))
             }
             None if self.healthy => None,
             None => {
                 self.good_streak += 1;
-                if self.good_streak >= self.rise {
+                let starting = self.reason == "starting";
+                if starting || self.good_streak >= self.rise {
                     self.healthy = true;
-                    self.reason.clear();
                     Some(HealthChange::Healthy)
                 } else {
                     None
@@ -121,14 +64,15 @@ impl Hysteresis {
         self.healthy
     }
 
-    /// One line for `/healthz`: "ok", or why not (with the recovery progress).
-    pub fn line(&self) -> String {
+    /// Why not healthy (one line; "" when healthy). While the checks are good
+    /// again but not yet for long enough, says so and names the last problem.
+    pub fn reason(&self) -> String {
         if self.healthy {
-            "ok".into()
+            String::new()
         } else if self.good_streak > 0 {
             format!(
-                "recovering ({} of {} good checks); last problem: {}",
-                self.good_streak, self.rise, self.reason
+                "recovering ({} good checks in a row needed); last problem: {}",
+                self.rise, self.reason
             )
         } else {
             self.reason.clone()
@@ -140,28 +84,26 @@ impl Hysteresis {
 mod tests {
     use super::*;
 
-    fn good() -> HealthInputs {
-        HealthInputs {
-            reference_usable: true,
-            ..HealthInputs::default()
-        }
-    }
-
     #[test]
     fn starts_unhealthy_and_rises_after_n_good_checks() {
         let mut h = Hysteresis::new(3);
         assert!(!h.healthy());
-        assert_eq!(h.line(), "starting");
-        assert_eq!(h.update(first_problem(&good())), None);
-        assert_eq!(h.update(first_problem(&good())), None);
-        assert!(!h.healthy(), "two good checks are not enough");
-        assert!(h.line().starts_with("recovering (2 of 3"), "{}", h.line());
+        assert_eq!(h.reason(), "starting");
+        // Bad from the start (e.g. the reference not yet answering).
         assert_eq!(
-            h.update(first_problem(&good())),
-            Some(HealthChange::Healthy)
+            h.update(Some("reference unusable".into())),
+            Some(HealthChange::Unhealthy("reference unusable".into()))
         );
+        assert_eq!(h.update(None), None);
+        assert_eq!(h.update(None), None);
+        assert!(!h.healthy(), "two good checks are not enough");
+        assert_eq!(
+            h.reason(),
+            "recovering (3 good checks in a row needed); last problem: reference unusable"
+        );
+        assert_eq!(h.update(None), Some(HealthChange::Healthy));
         assert!(h.healthy());
-        assert_eq!(h.line(), "ok");
+        assert_eq!(h.reason(), "");
         assert_eq!(h.update(None), None, "no change reported twice");
     }
 
@@ -172,69 +114,21 @@ mod tests {
             h.update(None);
         }
         assert!(h.healthy());
-        let bad = HealthInputs {
-            reference_usable: false,
-            ..good()
-        };
-        let change = h.update(first_problem(&bad));
-        assert!(
-            matches!(&change, Some(HealthChange::Unhealthy(r)) if r.starts_with("reference unusable")),
-            "{change:?}"
+        let bad = || Some("reference unusable".to_string());
+        assert_eq!(
+            h.update(bad()),
+            Some(HealthChange::Unhealthy("reference unusable".into()))
         );
         assert!(!h.healthy(), "one bad check is enough");
         // Flapping input: good, good, bad, good, good: never healthy.
         h.update(None);
         h.update(None);
-        assert_eq!(
-            h.update(first_problem(&bad)),
-            None,
-            "same reason: no new change"
-        );
+        assert_eq!(h.update(bad()), None, "same reason: no new change");
         h.update(None);
         h.update(None);
         assert!(!h.healthy());
+        assert!(h.reason().ends_with("last problem: reference unusable"));
         assert_eq!(h.update(None), Some(HealthChange::Healthy));
-    }
-
-    #[test]
-    fn each_input_is_a_reason() {
-        let dead = HealthInputs {
-            dead_workers: vec![0, 2],
-            ..good()
-        };
-        assert_eq!(
-            first_problem(&dead).unwrap(),
-            "workers 0,2 not alive (no heartbeat since the last check)"
-        );
-        let phc = HealthInputs {
-            phc_healthy: Some(false),
-            ..good()
-        };
-        assert!(first_problem(&phc)
-            .unwrap()
-            .starts_with("PHC tracking unhealthy"));
-        let ts = HealthInputs {
-            timestamps_missing: "hardware receive timestamps promised by eth0 are not arriving"
-                .into(),
-            ..good()
-        };
-        assert_eq!(
-            first_problem(&ts).unwrap(),
-            "hardware receive timestamps promised by eth0 are not arriving"
-        );
-        assert_eq!(
-            first_problem(&HealthInputs {
-                phc_healthy: Some(true),
-                ..good()
-            }),
-            None
-        );
-        // The reference comes first.
-        let all_bad = HealthInputs {
-            reference_usable: false,
-            ..dead
-        };
-        assert!(first_problem(&all_bad).unwrap().starts_with("reference"));
     }
 
     #[test]
@@ -249,6 +143,20 @@ mod tests {
             h.update(Some("b".into())),
             Some(HealthChange::Unhealthy("b".into()))
         );
-        assert_eq!(h.line(), "b");
+        assert_eq!(h.reason(), "b");
+    }
+
+    #[test]
+    fn a_good_first_check_is_healthy_at_once() {
+        let mut h = Hysteresis::new(30);
+        assert!(!h.healthy(), "unhealthy before any check");
+        assert_eq!(h.update(None), Some(HealthChange::Healthy));
+    }
+
+    #[test]
+    fn rise_of_zero_means_one() {
+        let mut h = Hysteresis::new(0);
+        h.update(Some("x".into()));
+        assert_eq!(h.update(None), Some(HealthChange::Healthy));
     }
 }

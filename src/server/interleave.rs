@@ -60,6 +60,15 @@ impl InterleaveTable {
         self.slots.len()
     }
 
+    /// Slots holding an entry now (a scan of the whole table: for metrics,
+    /// not the packet path).
+    pub fn held(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.key.load(Ordering::Relaxed) & 1 == 1)
+            .count()
+    }
+
     /// Memory used by the slots, in octets.
     pub fn memory_bytes(&self) -> usize {
         self.slots.len() * BYTES_PER_ENTRY
@@ -146,9 +155,12 @@ mod tests {
         let t = InterleaveTable::new(1000);
         assert_eq!(t.capacity(), 1024);
         assert_eq!(t.memory_bytes(), 1024 * 16);
+        assert_eq!(t.held(), 0);
         assert!(t.insert(ts(0x1001), ts(0x2000)));
+        assert_eq!(t.held(), 1);
         assert!(t.update(ts(0x1001), ts(0x2002)));
         assert_eq!(t.take(ts(0x1001)), Some(ts(0x2002)));
+        assert_eq!(t.held(), 0);
         assert_eq!(t.take(ts(0x1001)), None, "answered once");
         assert!(!t.update(ts(0x1001), ts(0x2004)), "gone after take");
     }

@@ -3,9 +3,12 @@
 // layer's (src/net/).
 #![forbid(unsafe_code)]
 
+pub mod health;
 pub mod hysteresis;
 pub mod interleave;
+pub mod metrics;
 pub mod stats;
+pub mod supervisor;
 pub mod timestamping;
 pub mod tscheck;
 pub mod txstamps;
@@ -27,13 +30,15 @@ use crate::clock::precision::measure_precision;
 use crate::clock::reference::{ReferenceConfig, ReferenceKind};
 use crate::clock::snapshot::{initial_state, spawn_refresher, StateCell};
 use crate::clock::wire::{Compensation, SPEED_UNKNOWN};
-use crate::config::{Args, OnOffArg, OnUnsyncArg, ReferenceArg};
+use crate::config::{Args, OnOffArg, OnUnsyncArg, ReferenceArg, TimestampingArg};
 use crate::net::socket::{bind_udp, set_recv_buffer};
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
+use metrics::Exporter;
 use stats::{StatsSnapshot, WorkerStats};
 use std::os::fd::AsFd;
+use supervisor::Supervisor;
 use worker::{Worker, WorkerConfig, WorkerSocket};
 
 /// Build the reference configuration from the command line.
@@ -94,6 +99,8 @@ pub fn run(args: &Args) -> Result<()> {
     let precision = measure_precision();
     let reference = reference_config(args, precision)?;
     let cell = Arc::new(StateCell::new(initial_state(&reference)));
+    // With --on-unsync drop, answer nothing until the health check says healthy.
+    cell.set_withheld(args.on_unsync == OnUnsyncArg::Drop);
     let mut plan = timestamping::plan(args)?;
     let served = if args.reference == ReferenceArg::Phc {
         ServedClock::Phc
@@ -267,29 +274,51 @@ pub fn run(args: &Args) -> Result<()> {
         "serving NTP"
     );
 
-    // Hardware timestamps promised at start-up are checked against what arrives.
-    let mut ts_check = tscheck::TimestampCheck::new(
-        plan.rx_hardware,
-        plan.tx_hardware && plan.tx_mode != worker::TxTimestampMode::Off,
-        &plan.hw_interfaces,
+    // Metrics endpoint (bound while still privileged), privilege drop, then
+    // systemd's READY=1 and the health/watchdog supervision.
+    let exporter = Arc::new(Exporter {
+        stats,
+        state: cell.clone(),
+        reference: reference.kind.to_string(),
+        domains: phc_path.is_some().then(|| domains.clone()),
+        table: table.clone(),
+        health: health::HealthCell::new(),
+        timestamping: plan.summary(),
+        start_time: crate::clock::realtime::now_unix().0 as f64,
+    });
+    if let Some(addr) = args.metrics_listen {
+        threads.push(metrics::spawn_endpoint(
+            addr,
+            exporter.clone(),
+            stop.clone(),
+        )?);
+    }
+    supervisor::drop_privileges(args.user.as_deref())?;
+    let mut supervisor = Supervisor::start(
+        exporter.clone(),
+        supervisor::HealthOptions {
+            // Hardware timestamps promised at start-up are checked against what arrives.
+            ts_check: tscheck::TimestampCheck::new(
+                plan.rx_hardware,
+                plan.tx_hardware && plan.tx_mode != worker::TxTimestampMode::Off,
+                &plan.hw_interfaces,
+            ),
+            hardware_required: args.timestamping == TimestampingArg::Hardware,
+            withhold_when_unhealthy: args.on_unsync == OnUnsyncArg::Drop,
+        },
     );
+
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
-    let mut next_check = Instant::now() + Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        if Instant::now() >= next_check {
-            next_check += Duration::from_secs(1);
-            let total = stats::sum(stats.iter().map(|s| s.as_ref()));
-            for t in ts_check.observe(tscheck::TsCounts::from_stats(&total)) {
-                ts_check.log(&t);
-            }
-        }
+        std::thread::sleep(supervisor::TICK);
+        supervisor.tick(Instant::now());
         if Instant::now() >= next {
             next += interval;
-            report(&stats, &ts_check, args.stats_file.as_deref(), true);
+            report(&exporter, args.stats_file.as_deref(), true);
         }
     }
+    supervisor.stopping();
     tracing::info!("stopping");
     for h in handles {
         let _ = h.join();
@@ -297,22 +326,17 @@ pub fn run(args: &Args) -> Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    report(&stats, &ts_check, args.stats_file.as_deref(), true);
+    report(&exporter, args.stats_file.as_deref(), true);
     Ok(())
 }
 
-fn report(
-    stats: &[Arc<WorkerStats>],
-    ts_check: &tscheck::TimestampCheck,
-    file: Option<&Path>,
-    log: bool,
-) -> StatsSnapshot {
-    let total = stats::sum(stats.iter().map(|s| s.as_ref()));
+fn report(exporter: &Exporter, file: Option<&Path>, log: bool) -> StatsSnapshot {
+    let total = exporter.totals();
     if log {
         tracing::info!("stats: {}", total.summary());
     }
     if let Some(path) = file {
-        let text = total.to_prometheus() + &ts_check.to_prometheus();
+        let text = metrics::encode(&exporter.families_with(&total));
         if let Err(e) = write_atomically(path, text.as_bytes()) {
             tracing::warn!(path = %path.display(), "cannot write stats file: {e}");
         }

@@ -9,7 +9,21 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::metrics::Families;
 use crate::protocol::server::DropReason;
+
+/// How one plain counter of [`WorkerStats`] is exported.
+#[derive(Clone, Copy, Debug)]
+pub struct CounterInfo {
+    /// The field's name.
+    pub field: &'static str,
+    /// The metric (family) name, with its `_total` suffix.
+    pub metric: &'static str,
+    /// The series' labels as Prometheus text (`mode="basic"`), or "".
+    pub labels: &'static str,
+    /// What it counts.
+    pub help: &'static str,
+}
 
 macro_rules! counters {
     ($( $field:ident => $metric:literal, $label:literal, $help:literal; )*) => {
@@ -66,30 +80,24 @@ macro_rules! counters {
                 self.estimate_error_ns += other.estimate_error_ns;
             }
 
-            /// The counters in the Prometheus text exposition format.
+            /// The counters in the Prometheus text exposition format (the
+            /// same encoder as the metrics endpoint: [`super::metrics`]).
             pub fn to_prometheus(&self) -> String {
-                let mut out = String::new();
-                let mut last = "";
-                $(
-                    if last != $metric {
-                        let _ = writeln!(out, "# TYPE {} counter", $metric);
-                        last = $metric;
-                    }
-                    if $label.is_empty() {
-                        let _ = writeln!(out, "{} {}", $metric, self.$field);
-                    } else {
-                        let _ = writeln!(out, "{}{{{}}} {}", $metric, $label, self.$field);
-                    }
-                )*
-                let _ = last;
-                let _ = writeln!(out, "# TYPE hwntpd_drops_total counter");
-                for r in DropReason::ALL {
-                    let _ = writeln!(out, "hwntpd_drops_total{{reason=\"{}\"}} {}", r.name(), self.drops[r as usize]);
-                }
-                self.write_estimate_histogram(&mut out);
-                out
+                let mut f = Families::default();
+                self.add_families(&mut f);
+                super::metrics::encode(&f.finish())
+            }
+
+            /// Every plain counter with its description, in declaration order.
+            pub fn counter_values(&self) -> impl Iterator<Item = (&'static CounterInfo, u64)> {
+                COUNTERS.iter().zip([$( self.$field, )*])
             }
         }
+
+        /// How each plain counter of [`WorkerStats`] is exported, in declaration order.
+        pub const COUNTERS: &[CounterInfo] = &[
+            $( CounterInfo { field: stringify!($field), metric: $metric, labels: $label, help: $help }, )*
+        ];
     };
 }
 
@@ -120,6 +128,7 @@ counters! {
     tx_ts_stalls => "hwntpd_stalls_total", "what=\"tx_timestamps\"", "Times the watchdog found transmit-timestamp collection silent with the error queue not empty, drained it and restarted the collection.";
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
+    watchdog_checks => "hwntpd_watchdog_checks_total", "", "Socket watchdog checks made by the workers (each worker about every 100 ms, busy or idle: its heartbeat).";
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.
@@ -147,41 +156,42 @@ impl WorkerStats {
     }
 }
 
-/// Nanoseconds as exact decimal seconds ("0.000001", "3.5", "0").
-fn seconds(ns: u64) -> String {
-    let frac = format!("{:09}", ns % 1_000_000_000);
-    let frac = frac.trim_end_matches('0');
-    if frac.is_empty() {
-        format!("{}", ns / 1_000_000_000)
-    } else {
-        format!("{}.{frac}", ns / 1_000_000_000)
-    }
-}
-
 impl StatsSnapshot {
-    fn write_estimate_histogram(&self, out: &mut String) {
-        let m = ESTIMATE_ERROR_METRIC;
-        let _ = writeln!(
-            out,
-            "# HELP {m} |exact transmit time - the transmit estimate a basic reply carries|, \
-             for every reply whose exact transmit time was measured."
-        );
-        let _ = writeln!(out, "# TYPE {m} histogram");
-        let mut cumulative = 0;
-        for (i, n) in self.estimate_error.iter().enumerate() {
-            cumulative += n;
-            match ESTIMATE_ERROR_BUCKETS_NS.get(i) {
-                Some(&le) => {
-                    let le = seconds(le);
-                    let _ = writeln!(out, "{m}_bucket{{le=\"{le}\"}} {cumulative}");
-                }
-                None => {
-                    let _ = writeln!(out, "{m}_bucket{{le=\"+Inf\"}} {cumulative}");
-                }
-            }
+    /// Add every counter, the drops by reason and the transmit-estimate
+    /// histogram to `f`. Counters added to the `counters!` table are exported
+    /// with no further work.
+    pub fn add_families(&self, f: &mut Families) {
+        for (info, value) in self.counter_values() {
+            f.counter(info.metric, info.labels, info.help, value);
         }
-        let _ = writeln!(out, "{m}_sum {}", seconds(self.estimate_error_ns));
-        let _ = writeln!(out, "{m}_count {cumulative}");
+        for r in DropReason::ALL {
+            f.counter(
+                "hwntpd_drops_total",
+                &format!("reason=\"{}\"", r.name()),
+                "Requests not answered, by reason (see the README).",
+                self.drops[r as usize],
+            );
+        }
+        let mut cumulative = 0;
+        let buckets: Vec<(f64, u64)> = self
+            .estimate_error
+            .iter()
+            .zip(ESTIMATE_ERROR_BUCKETS_NS.iter().map(|&le| le as f64 / 1e9))
+            .map(|(n, le)| {
+                cumulative += n;
+                (le, cumulative)
+            })
+            .collect();
+        // The encoder adds the +Inf bucket from the count.
+        cumulative += self.estimate_error[ESTIMATE_ERROR_BUCKETS_NS.len()];
+        f.histogram(
+            ESTIMATE_ERROR_METRIC,
+            "|exact transmit time - the transmit estimate a basic reply carries|, \
+             for every reply whose exact transmit time was measured.",
+            &buckets,
+            self.estimate_error_ns as f64 / 1e9,
+            cumulative,
+        );
     }
 
     /// Total requests dropped by the protocol core.
@@ -315,7 +325,5 @@ mod tests {
         assert_eq!(get(&format!("{m}_bucket{{le=\"+Inf\"}}")), Some(3));
         assert_eq!(get(&format!("{m}_count")), Some(3));
         assert!(text.contains(&format!("{m}_sum 0.0030022\n")), "{text}");
-        assert_eq!(seconds(0), "0");
-        assert_eq!(seconds(3_500_000_000), "3.5");
     }
 }

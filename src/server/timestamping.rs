@@ -19,6 +19,7 @@ use crate::net::ethtool::{link_speed_mbps, ts_info};
 use crate::net::hwtstamp::set_hw_timestamping;
 use crate::net::socket::{enable_timestamping, probe_scm_ts_opt_id, TimestampingConfig};
 use crate::net::uring::probe_tx_timestamp_command;
+use crate::server::metrics::TimestampingSummary;
 use crate::server::worker::{RxTimestamps, TxTimestampMode};
 
 /// What the workers will use.
@@ -50,6 +51,27 @@ impl TimestampingPlan {
         match &self.socket {
             Some(cfg) => enable_timestamping(fd.as_fd(), cfg).map(|_| ()),
             None => Ok(()),
+        }
+    }
+
+    /// The sources in short (metrics, systemd's STATUS).
+    pub fn summary(&self) -> TimestampingSummary {
+        TimestampingSummary {
+            rx: match (self.rx, self.rx_hardware) {
+                (RxTimestamps::User, _) => "user",
+                (RxTimestamps::Kernel, true) => "hardware",
+                (RxTimestamps::Kernel, false) => "kernel",
+            },
+            tx: match (self.tx_mode, self.tx_hardware) {
+                (TxTimestampMode::Off, _) => "off",
+                (_, true) => "hardware",
+                (_, false) => "kernel",
+            },
+            text: format!(
+                "RX timestamps: {}; TX timestamps: {}",
+                self.rx_description(),
+                self.tx_description()
+            ),
         }
     }
 

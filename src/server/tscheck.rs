@@ -19,8 +19,6 @@
 //! The decision is pure ([`TimestampCheck::observe`] on counter values); the
 //! server feeds it the summed worker counters and logs the transitions.
 
-use std::fmt::Write as _;
-
 use super::stats::StatsSnapshot;
 
 /// Packets a window needs before it can change the verdict.
@@ -231,36 +229,14 @@ impl TimestampCheck {
         }
     }
 
-    /// The gauges in the Prometheus text format: one series per promised
-    /// direction (nothing when no hardware timestamps were promised).
-    pub fn to_prometheus(&self) -> String {
-        let mut out = String::new();
-        let promised: Vec<Direction> = [Direction::Rx, Direction::Tx]
+    /// `hwntpd_timestamping_degraded`: (interfaces, direction, degraded) for
+    /// each direction promised hardware timestamps (none when none was).
+    pub fn gauges(&self) -> Vec<(String, &'static str, bool)> {
+        [(Direction::Rx, self.rx), (Direction::Tx, self.tx)]
             .into_iter()
-            .filter(|&d| match d {
-                Direction::Rx => self.rx.promised,
-                Direction::Tx => self.tx.promised,
-            })
-            .collect();
-        if promised.is_empty() {
-            return out;
-        }
-        let m = "hwntpd_timestamping_degraded";
-        let _ = writeln!(
-            out,
-            "# HELP {m} 1 while hardware timestamps promised by the NIC at start-up do not arrive (none usable among the last {MIN_SAMPLES} or more packets)."
-        );
-        let _ = writeln!(out, "# TYPE {m} gauge");
-        for d in promised {
-            let _ = writeln!(
-                out,
-                "{m}{{interface=\"{}\",direction=\"{}\"}} {}",
-                self.interfaces,
-                d.name(),
-                u8::from(self.degraded(d))
-            );
-        }
-        out
+            .filter(|(_, st)| st.promised)
+            .map(|(d, st)| (self.interfaces.clone(), d.name(), st.degraded))
+            .collect()
     }
 }
 
@@ -302,12 +278,9 @@ mod tests {
             c.reason(),
             "hardware receive and transmit timestamps promised by eth0 are not arriving"
         );
-        let text = c.to_prometheus();
-        assert!(
-            text.contains("hwntpd_timestamping_degraded{interface=\"eth0\",direction=\"rx\"} 1\n")
-        );
-        assert!(
-            text.contains("hwntpd_timestamping_degraded{interface=\"eth0\",direction=\"tx\"} 1\n")
+        assert_eq!(
+            c.gauges(),
+            vec![("eth0".into(), "rx", true), ("eth0".into(), "tx", true)]
         );
         // Still none: no new transition, still degraded.
         assert!(c.observe(counts(0, 30, 30, 0)).is_empty());
@@ -321,12 +294,11 @@ mod tests {
         assert!(c.observe(counts(0, 100, 8, 8)).is_empty());
         assert!(!c.any_degraded());
         assert_eq!(c.reason(), "");
-        let text = c.to_prometheus();
-        assert!(
-            !text.contains("direction=\"rx\""),
-            "rx not promised: {text}"
+        assert_eq!(
+            c.gauges(),
+            vec![("eth0".into(), "tx", false)],
+            "rx not promised"
         );
-        assert!(text.contains("direction=\"tx\"} 0\n"));
     }
 
     #[test]
@@ -369,6 +341,6 @@ mod tests {
         let mut c = TimestampCheck::new(false, false, &[]);
         assert!(c.observe(counts(0, 1000, 1000, 0)).is_empty());
         assert!(!c.any_degraded());
-        assert_eq!(c.to_prometheus(), "");
+        assert!(c.gauges().is_empty());
     }
 }

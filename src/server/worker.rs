@@ -307,6 +307,8 @@ impl Worker {
             if last_watch.elapsed() >= watchdog_interval {
                 last_watch = Instant::now();
                 self.watch_sockets()?;
+                // The heartbeat the supervisor watches (health, systemd watchdog).
+                bump(&self.cfg.stats.watchdog_checks);
             }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = Instant::now();

@@ -124,6 +124,36 @@ if [ "${VM_NIC:-igb}" = e1000e ] && [ -x /bin/hwntpd ] && [ -x /bin/hwntpd-bench
     cat "$LOG"
     echo "---- hwntpd stats (non-zero) ----"
     grep -v '^#' "$STATS" 2>/dev/null | grep -v ' 0$'
+
+    # With --timestamping hardware the same NIC makes the node unhealthy:
+    # /healthz answers 503 naming why, and --on-unsync drop answers nothing.
+    LOG=/tmp/hwntpd-hw.log
+    hwntpd --interface "$SRV_IF" --timestamping hardware --on-unsync drop --reference local \
+        --listen "$SRV_IP:123" --workers 1 --metrics-listen 127.0.0.1:9123 \
+        --log-level info >"$LOG" 2>&1 &
+    SRV_PID=$!
+    wait_for_line "$LOG" "serving NTP" 20 $SRV_PID
+    in_cli timeout 60 hwntpd-bench query --server "$SRV_IP:123" --count 12 --interleaved \
+        --interval-ms 250 --timeout-ms 200 >/tmp/client-hw.log 2>&1
+    sleep 2
+    resp=$(printf 'GET /healthz HTTP/1.0\r\n\r\n' | timeout 5 nc 127.0.0.1 9123 2>&1 | tr -d '\r')
+    code=$(echo "$resp" | head -1 | awk '{print $2}')
+    reason=$(echo "$resp" | tail -1)
+    got=$(grep -c "^  transmit" /tmp/client-hw.log)
+    case "$code:$reason" in
+        503:*"PHC tracking unhealthy"*|503:*"not arriving"*)
+            check e1000e-hardware-unhealthy PASS "/healthz $code: $reason; replies with --on-unsync drop: $got of 12" ;;
+        *) check e1000e-hardware-unhealthy FAIL "/healthz '$code': '$reason' ($(echo "$resp" | head -3 | tr '\n' '|'))" ;;
+    esac
+    if [ "$got" = 0 ]; then
+        check e1000e-unhealthy-drops PASS "no reply to 12 requests while unhealthy (--on-unsync drop)"
+    else
+        check e1000e-unhealthy-drops FAIL "$got replies while unhealthy with --on-unsync drop"
+    fi
+    kill $SRV_PID 2>/dev/null
+    wait $SRV_PID 2>/dev/null
+    echo "---- hwntpd log (e1000e, --timestamping hardware; no PHC lines) ----"
+    grep -v "PHC offset jumped" "$LOG"
 fi
 
 # Sections 2 and 3 expect igb (hardware TX stamps, a PHC that keeps time).

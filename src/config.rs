@@ -10,7 +10,9 @@ use clap::{Parser, ValueEnum};
 pub enum TimestampingArg {
     /// Hardware where `--interface` NICs support it, else kernel software, else user space.
     Auto,
-    /// NIC hardware timestamps; refuse to start without them (needs `--interface`).
+    /// NIC hardware timestamps; refuse to start without them (needs `--interface`);
+    /// while serving, the node is unhealthy when they stop arriving or the PHC
+    /// tracking fails.
     Hardware,
     /// Kernel software timestamps only.
     Software,
@@ -23,7 +25,7 @@ pub enum TimestampingArg {
 pub enum OnUnsyncArg {
     /// Answer with LI=3 and stratum 16, so clients see the alarm.
     Serve,
-    /// Answer nothing.
+    /// Answer nothing (also whenever the node is unhealthy, see /healthz).
     Drop,
 }
 

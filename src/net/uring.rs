@@ -10,6 +10,7 @@ use std::time::Duration;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::addr::{write_sockaddr, SOCKADDR_MAX};
+use super::cmsg::{KernelTime, TxTimestamp};
 
 /// `SOCKET_URING_OP_TX_TIMESTAMP` (include/uapi/linux/io_uring.h, Linux 6.15).
 pub const SOCKET_URING_OP_TX_TIMESTAMP: u32 = 4;
@@ -54,6 +55,22 @@ impl Completion {
     /// The provided buffer this completion consumed, if any.
     pub fn buffer_id(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)
+    }
+
+    /// The transmit timestamp a `SOCKET_URING_OP_TX_TIMESTAMP` completion
+    /// carries (`result` is its key, the second half of the CQE its
+    /// `io_timespec`, `flags` the hardware bit and the `SCM_TSTAMP_*` type);
+    /// `None` for an error completion. Pure.
+    pub fn tx_timestamp(&self) -> Option<TxTimestamp> {
+        (self.result >= 0).then(|| TxTimestamp {
+            key: self.result as u32,
+            time: KernelTime {
+                sec: self.extra[0] as i64,
+                nsec: self.extra[1] as u32,
+            },
+            hardware: self.flags & IORING_CQE_F_TSTAMP_HW != 0,
+            tstype: self.flags >> IORING_TIMESTAMP_TYPE_SHIFT,
+        })
     }
 }
 
@@ -703,6 +720,26 @@ mod tests {
         assert_ne!(x, y, "a slot is never handed out twice");
         assert_eq!(slots.alloc(), None);
         assert_eq!(slots.in_flight(), 2);
+    }
+
+    #[test]
+    fn tx_timestamp_completion() {
+        let c = Completion {
+            user_data: 0,
+            result: 77,
+            flags: IORING_CQE_F_TSTAMP_HW | (2 << IORING_TIMESTAMP_TYPE_SHIFT),
+            extra: [1_700_000_000, 999_999_999],
+        };
+        let ts = c.tx_timestamp().unwrap();
+        assert_eq!((ts.key, ts.hardware, ts.tstype), (77, true, 2));
+        assert_eq!((ts.time.sec, ts.time.nsec), (1_700_000_000, 999_999_999));
+        let sw = Completion { flags: 0, ..c };
+        assert!(!sw.tx_timestamp().unwrap().hardware);
+        let err = Completion {
+            result: -libc::EAGAIN,
+            ..c
+        };
+        assert_eq!(err.tx_timestamp(), None);
     }
 
     #[test]

@@ -18,14 +18,11 @@ use crate::clock::domain::TimeDomains;
 use crate::clock::realtime;
 use crate::clock::snapshot::StateCell;
 use crate::net::addr::parse_sockaddr;
-use crate::net::cmsg::{
-    build_reply_control, parse_rx_control, KernelTime, TxTimestamp, TxTsRequest,
-};
+use crate::net::cmsg::{build_reply_control, parse_rx_control, TxTimestamp, TxTsRequest};
 use crate::net::errqueue::{drain_tx_timestamps, MAX_PER_CALL};
 use crate::net::socket::readiness;
 use crate::net::uring::{
-    BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing,
-    IORING_CQE_F_TSTAMP_HW, SEND_PAYLOAD_MAX,
+    BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing, SEND_PAYLOAD_MAX,
 };
 use crate::protocol::packet::set_transmit;
 use crate::protocol::server::{
@@ -359,16 +356,7 @@ impl Worker {
             return Ok(());
         }
         self.sockets[socket].tx_watch.saw_completion();
-        if c.result >= 0 {
-            let ts = TxTimestamp {
-                key: c.result as u32,
-                time: KernelTime {
-                    sec: c.extra[0] as i64,
-                    nsec: c.extra[1] as u32,
-                },
-                hardware: c.flags & IORING_CQE_F_TSTAMP_HW != 0,
-                tstype: c.flags >> crate::net::uring::IORING_TIMESTAMP_TYPE_SHIFT,
-            };
+        if let Some(ts) = c.tx_timestamp() {
             self.on_tx_timestamp(socket, &ts);
         } else if c.result != -libc::EAGAIN && c.result != -libc::ECANCELED {
             tracing::warn!(

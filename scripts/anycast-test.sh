@@ -103,6 +103,8 @@ cleanup() {
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
     done
     remove_veth_pair "$NS_R" "$NS_A" "$NS_B" "$NS_C"
+    # A veth end left in this namespace by a set-up that failed half-way.
+    for ns in a b c; do ip link del "acr$ns$$" 2>/dev/null || true; done
     if [ "$KEEP" = 1 ] || [ "$rc" != 0 ]; then
         echo "anycast-test: logs kept in $WORK"
     else
@@ -151,13 +153,13 @@ link_node() { # NS IP TAG: a veth from the router's bridge to the node
 }
 link_node "$NS_A" "$A_IP" a
 link_node "$NS_B" "$B_IP" b
-ip link add "acrc$$" type veth peer name "acc$$"
+ip link add "acrc$$" type veth peer name "acnc$$"
 ip link set "acrc$$" netns "$NS_R"
-ip link set "acc$$" netns "$NS_C"
+ip link set "acnc$$" netns "$NS_C"
 ip -n "$NS_R" addr add 198.51.100.1/24 dev "acrc$$"
 ip -n "$NS_R" link set "acrc$$" up
-ip -n "$NS_C" addr add 198.51.100.2/24 dev "acc$$"
-ip -n "$NS_C" link set "acc$$" up
+ip -n "$NS_C" addr add 198.51.100.2/24 dev "acnc$$"
+ip -n "$NS_C" link set "acnc$$" up
 ip -n "$NS_C" route add default via 198.51.100.1
 ip netns exec "$NS_R" sysctl -qw net.ipv4.ip_forward=1
 # The layer-4 hash: a client flow (addresses and ports) always takes one next hop.

@@ -2,8 +2,8 @@
 //! timestamping configuration (`SIOCSHWTSTAMP` answers with the receive filter
 //! and `TX_ON` that were asked for) and then deliver nothing. QEMU's e1000e does
 //! exactly that: every receive timestamp is a software one and every transmit
-//! timestamp is missed. Once a second, while serving, the counters of what
-//! arrived are compared with what start-up promised.
+//! timestamp is missed. While serving, at each health check (every 100 ms), the
+//! counters of what arrived are compared with what start-up promised.
 //!
 //! A direction is *degraded* when at least [`MIN_SAMPLES`] packets were stamped
 //! (receive) or asked to be stamped (transmit) since the last verdict and not

@@ -236,13 +236,28 @@ fi
 # --------------------------------------------------------------------------------------
 # 3. The PHC as the reference (--reference phc): the igb PHC starts at the guest's
 #    UTC time, so --utc-offset 0; the served time must agree with the guest's clock.
+#    It runs as nobody after start-up (--user): PHC reads and NIC timestamps
+#    go on through what was opened and set while root.
 # --------------------------------------------------------------------------------------
 if [ "${VM_NIC:-igb}" = igb ] && [ -x /bin/hwntpd ] && [ -x /bin/hwntpd-bench ]; then
     LOG=/tmp/hwntpd-phc.log
+    grep -q '^nobody:' /etc/passwd 2>/dev/null || echo 'nobody:x:65534:65534:nobody:/:/bin/false' >>/etc/passwd
+    grep -q '^nogroup:' /etc/group 2>/dev/null || echo 'nogroup:x:65534:' >>/etc/group
     hwntpd --reference phc --phc /dev/ptp0 --utc-offset 0 --interface "$SRV_IF" \
-        --listen "$SRV_IP:123" --workers 1 --log-level info >"$LOG" 2>&1 &
+        --listen "$SRV_IP:123" --workers 1 --user nobody --log-level info >"$LOG" 2>&1 &
     SRV_PID=$!
     wait_for_phc_tracking "$LOG" $SRV_PID
+    # Every thread's real, effective, saved and filesystem uid is nobody's, no capabilities.
+    bad=$(for t in /proc/$SRV_PID/task/*/status; do
+        grep -E '^(Uid|CapEff|CapPrm):' "$t" | tr -s '\t' ' ' | tr '\n' ' '
+        echo
+    done | grep -cv 'Uid: 65534 65534 65534 65534 CapPrm: 0000000000000000 CapEff: 0000000000000000')
+    nthreads=$(ls /proc/$SRV_PID/task 2>/dev/null | wc -l)
+    if [ "$nthreads" -gt 0 ] && [ "$bad" -eq 0 ] && grep -q "dropped privileges" "$LOG"; then
+        check hwntpd-user-nobody PASS "$nthreads threads as uid 65534, CapPrm=CapEff=0"
+    else
+        check hwntpd-user-nobody FAIL "$bad of $nthreads threads not dropped: $(grep -E 'dropped|error' "$LOG" | tail -2 | tr '\n' '|')"
+    fi
     in_cli timeout 30 hwntpd-bench query --server "$SRV_IP:123" --count 3 --interval-ms 300 >/tmp/client-phc.log 2>&1
     stratum=$(grep -m1 "^  stratum" /tmp/client-phc.log | awk '{print $2}')
     refid=$(grep -m1 "^  refid" /tmp/client-phc.log | awk '{print $2}')

@@ -115,7 +115,8 @@ fn parse_stratum(s: &str) -> Result<u8, String> {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "hwntpd", version, about, long_about = None)]
 pub struct Args {
-    /// Address and port to serve on (repeatable). Default: `0.0.0.0:123` and `[::]:123`.
+    /// Address and port to serve on (repeatable; the same address twice is an
+    /// error). Default: `0.0.0.0:123` and `[::]:123`.
     #[arg(long = "listen", value_name = "ADDR:PORT")]
     pub listen: Vec<SocketAddr>,
 
@@ -210,6 +211,14 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "US", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub batch_wait_us: u32,
 
+    /// Drop, unanswered and counted, a request that waited in its socket
+    /// longer than this many milliseconds (measured from its kernel or NIC
+    /// receive timestamp; requests timestamped in user space are never
+    /// dropped). Under overload this keeps the answers fresh: a reply that
+    /// late carries a delay no client's filter accepts. 0: off.
+    #[arg(long, default_value_t = crate::server::resilience::DEFAULT_MAX_REQUEST_AGE_MS, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub max_request_age_ms: u64,
+
     /// Write statistics (Prometheus text format) to this file every --stats-interval seconds.
     #[arg(long, value_name = "PATH")]
     pub stats_file: Option<PathBuf>,
@@ -252,9 +261,30 @@ impl Args {
     }
 }
 
+/// The first listen address given more than once, if any.
+pub fn duplicate_listen(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    addrs
+        .iter()
+        .enumerate()
+        .find(|(i, a)| addrs[..*i].contains(a))
+        .map(|(_, a)| *a)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duplicate_listen_addresses() {
+        let a: SocketAddr = "127.0.0.1:123".parse().unwrap();
+        let b: SocketAddr = "[::1]:123".parse().unwrap();
+        assert_eq!(duplicate_listen(&[a, b]), None);
+        assert_eq!(duplicate_listen(&[a, b, a]), Some(a));
+        assert_eq!(duplicate_listen(&[]), None);
+        let args = Args::try_parse_from(["hwntpd"]).unwrap();
+        assert_eq!(args.max_request_age_ms, 50);
+        assert!(Args::try_parse_from(["hwntpd", "--max-request-age-ms", "60001"]).is_err());
+    }
 
     #[test]
     fn defaults() {

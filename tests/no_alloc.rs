@@ -205,6 +205,7 @@ fn measure(tx_mode: TxTimestampMode) -> u64 {
         compensate_send_latency: true,
         ring: RingConfig::default(),
         cpu: None,
+        guards: Default::default(),
     };
     let worker = std::thread::spawn(move || {
         ON_WORKER.with(|c| c.set(true));

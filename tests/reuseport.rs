@@ -61,6 +61,7 @@ fn reuseport_keeps_each_client_on_one_worker() {
             compensate_send_latency: true,
             ring: RingConfig::default(),
             cpu: None,
+            guards: Default::default(),
         };
         handles.push(std::thread::spawn(move || Worker::new(cfg)?.run()));
     }

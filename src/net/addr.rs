@@ -1,5 +1,14 @@
 //! Socket addresses as the kernel lays them out (`sockaddr_in`, `sockaddr_in6`),
-//! converted without `unsafe` from and to raw bytes.
+//! converted without `unsafe` from and to raw bytes. The one conversion of
+//! the crate: the io_uring path and `socket::{send,recv}_with_control` both
+//! use it.
+//!
+//! `sin6_flowinfo` is `__be32` in the kernel: [`SocketAddrV6::flowinfo`] here
+//! is the field's value in network byte order (flow label in the low 20
+//! bits, traffic class above), as the IPv6 header carries it. (std and nix
+//! copy the field's raw memory instead, so on little-endian hosts their
+//! `flowinfo` is byte-swapped relative to ours; the kernel reports 0 for UDP
+//! sources, where the two agree.)
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
@@ -86,6 +95,30 @@ mod tests {
             16
         );
         assert_eq!(&out[..16], &raw);
+    }
+
+    /// A flow label, a traffic class and a scope id land where the kernel's
+    /// `struct sockaddr_in6` has them: `sin6_flowinfo` big-endian,
+    /// `sin6_scope_id` native.
+    #[test]
+    fn flowinfo_and_scope_id_layout() {
+        let flowinfo = (0xb8 << 20) | 0x1_2345; // traffic class EF, flow label 0x12345
+        let a = SocketAddr::V6(SocketAddrV6::new(
+            "fe80::1".parse().unwrap(),
+            123,
+            flowinfo,
+            7,
+        ));
+        let mut out = [0u8; SOCKADDR_MAX];
+        assert_eq!(write_sockaddr(&a, &mut out), 28);
+        assert_eq!(&out[4..8], &[0x0b, 0x81, 0x23, 0x45]);
+        // SAFETY: sockaddr_in6 is 28 plain octets with no padding, and `out`
+        // holds 28; read_unaligned has no alignment requirement.
+        let sin6: libc::sockaddr_in6 = unsafe { std::ptr::read_unaligned(out.as_ptr().cast()) };
+        assert_eq!(u32::from_be(sin6.sin6_flowinfo), flowinfo);
+        assert_eq!(sin6.sin6_scope_id, 7);
+        assert_eq!(u16::from_be(sin6.sin6_port), 123);
+        assert_eq!(parse_sockaddr(&out), Some(a));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub const IP_RECVERR: i32 = libc::IP_RECVERR;
 pub const IPV6_PKTINFO: i32 = libc::IPV6_PKTINFO;
 /// `IPV6_RECVERR`: `struct sock_extended_err` on the error queue of an IPv6 socket.
 pub const IPV6_RECVERR: i32 = libc::IPV6_RECVERR;
+/// `SO_RXQ_OVFL`: on a socket, turns on a `u32` control message with each
+/// datagram telling how many the socket has dropped so far.
+pub const SO_RXQ_OVFL: i32 = libc::SO_RXQ_OVFL;
 /// `SO_TIMESTAMPING_OLD` (= `SCM_TIMESTAMPING` with a native `struct timespec`;
 /// this is what `SO_TIMESTAMPING` means on 64-bit targets).
 pub const SO_TIMESTAMPING_OLD: i32 = 37;
@@ -305,6 +308,10 @@ pub struct RxMeta {
     /// The layer-2 frame length at the NIC from `SCM_TIMESTAMPING_PKTINFO`
     /// (without FCS), for the end-of-frame correction of hardware RX stamps.
     pub frame_len: Option<u32>,
+    /// `SO_RXQ_OVFL`: datagrams the socket had dropped (receive buffer full)
+    /// when this one was queued, counted since the socket was made (32 bits,
+    /// wrapping). The kernel sends it only once the count is not zero.
+    pub socket_drops: Option<u32>,
 }
 
 /// Parses the control data of a received request. Unknown, malformed or
@@ -313,6 +320,10 @@ pub fn parse_rx_control(control: &[u8]) -> RxMeta {
     let mut meta = RxMeta::default();
     for c in cmsgs(control) {
         match (c.level, c.kind) {
+            (SOL_SOCKET, SO_RXQ_OVFL) => {
+                // A __u32 (sock_recv_drops in net/socket.c).
+                meta.socket_drops = read_u32(c.data, 0);
+            }
             (SOL_SOCKET, SCM_TIMESTAMPING_PKTINFO) => {
                 // struct scm_ts_pktinfo { __u32 if_index; __u32 pkt_length; __u32 reserved[2]; }
                 if let (Some(ifi), Some(len)) = (read_u32(c.data, 0), read_u32(c.data, 4)) {
@@ -610,25 +621,12 @@ mod tests {
         assert_eq!(REPLY_CONTROL_SPACE, 40 + 24 + 24);
     }
 
+    /// The hand-written constants (the ones taken from libc need no test).
     #[test]
     fn constants_match_libc() {
-        assert_eq!(SOL_IP, libc::SOL_IP);
-        assert_eq!(SOL_IPV6, libc::SOL_IPV6);
-        assert_eq!(IP_PKTINFO, libc::IP_PKTINFO);
-        assert_eq!(IPV6_PKTINFO, libc::IPV6_PKTINFO);
-        assert_eq!(IP_RECVERR, libc::IP_RECVERR);
-        assert_eq!(IPV6_RECVERR, libc::IPV6_RECVERR);
         #[cfg(target_pointer_width = "64")]
         assert_eq!(SO_TIMESTAMPING_OLD, libc::SO_TIMESTAMPING);
-        assert_eq!(
-            SOF_TIMESTAMPING_TX_HARDWARE,
-            libc::SOF_TIMESTAMPING_TX_HARDWARE
-        );
-        assert_eq!(
-            SOF_TIMESTAMPING_TX_SOFTWARE,
-            libc::SOF_TIMESTAMPING_TX_SOFTWARE
-        );
-        assert_eq!(SO_EE_ORIGIN_TIMESTAMPING, libc::SO_EE_ORIGIN_TIMESTAMPING);
+        assert_eq!(SO_TIMESTAMPNS_OLD, libc::SO_TIMESTAMPNS);
     }
 
     /// A fixture built with the libc macros over a zeroed, aligned buffer,
@@ -686,6 +684,38 @@ mod tests {
         assert_eq!(m.hardware, None);
         assert_eq!(m.local_addr, None);
         assert_eq!(m.ifindex, 0);
+    }
+
+    #[test]
+    fn rxq_ovfl_drop_count() {
+        // The bytes glibc's CMSG macros give for SOL_SOCKET/SO_RXQ_OVFL with
+        // a count of 70000 (0x11170): a 16-octet header (len 20), then the u32.
+        let mut b = Vec::new();
+        b.extend_from_slice(&(CMSG_HDR_LEN + 4).to_ne_bytes());
+        b.extend_from_slice(&1i32.to_ne_bytes());
+        b.extend_from_slice(&40i32.to_ne_bytes());
+        b.extend_from_slice(&70_000u32.to_ne_bytes());
+        b.extend_from_slice(&[0; 4]); // padding to CMSG_SPACE(4)
+        assert_eq!(b.len(), cmsg_space(4));
+        assert_eq!(parse_rx_control(&b).socket_drops, Some(70_000));
+        // With stamps and PKTINFO around it, and short data ignored.
+        let mut all = Vec::new();
+        push_stamps(&mut all, [(1, 2), (0, 0), (0, 0)]);
+        all.extend_from_slice(&b);
+        push(
+            &mut all,
+            SOL_IP,
+            IP_PKTINFO,
+            &[1, 0, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2],
+        );
+        let m = parse_rx_control(&all);
+        assert_eq!(m.socket_drops, Some(70_000));
+        assert_eq!(m.software, Some(KernelTime { sec: 1, nsec: 2 }));
+        assert!(m.local_addr.is_some());
+        let mut short = Vec::new();
+        push(&mut short, SOL_SOCKET, SO_RXQ_OVFL, &[1, 2]);
+        assert_eq!(parse_rx_control(&short).socket_drops, None);
+        assert_eq!(parse_rx_control(&[]).socket_drops, None);
     }
 
     #[test]

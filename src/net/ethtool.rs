@@ -382,7 +382,6 @@ mod tests {
         assert_eq!(offset_of!(LinkSettingsBuf, masks), 48);
         assert_eq!(size_of::<EthtoolCmd>(), 44);
         assert_eq!(offset_of!(EthtoolCmd, speed_hi), 28);
-        assert_eq!(SIOCETHTOOL, libc::SIOCETHTOOL);
     }
 
     #[test]

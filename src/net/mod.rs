@@ -9,6 +9,7 @@
 //! * [`errqueue`]: reading transmit timestamps with `MSG_ERRQUEUE`.
 //! * [`hwtstamp`]: NIC hardware timestamping configuration (`SIOCSHWTSTAMP`).
 //! * [`ethtool`]: interface capabilities (`ETHTOOL_GET_TS_INFO`), link speed, ifindex.
+//! * [`ifaces`]: the host's subnet-broadcast addresses (`getifaddrs`).
 //! * [`uring`]: the io_uring ring, provided buffers and send slots.
 
 pub mod addr;
@@ -16,5 +17,6 @@ pub mod cmsg;
 pub mod errqueue;
 pub mod ethtool;
 pub mod hwtstamp;
+pub mod ifaces;
 pub mod socket;
 pub mod uring;

@@ -14,7 +14,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -22,6 +22,7 @@ use nix::sys::socket::{
     self, setsockopt, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
 };
 
+use super::addr::{parse_sockaddr, write_sockaddr, SOCKADDR_MAX};
 use super::cmsg::{self, CmsgBuffer};
 
 // ---------------------------------------------------------------------------
@@ -169,6 +170,8 @@ pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError>
     if reuseport {
         setsockopt(&fd, sockopt::ReusePort, &true).map_err(err("setsockopt(SO_REUSEPORT)"))?;
     }
+    // Each datagram then tells how many the socket dropped for a full buffer.
+    setsockopt(&fd, sockopt::RxqOvfl, &1).map_err(err("setsockopt(SO_RXQ_OVFL)"))?;
     let sa = SockaddrStorage::from(addr);
     socket::bind(fd.as_raw_fd(), &sa).map_err(err("bind"))?;
     Ok(fd)
@@ -378,71 +381,6 @@ pub fn probe_scm_ts_opt_id() -> io::Result<bool> {
 // ---------------------------------------------------------------------------
 // sendmsg / recvmsg with control data.
 
-/// Converts a socket address to its C form.
-fn to_raw(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
-}
-
-/// Converts a C socket address (as `recvmsg` filled it) to a `SocketAddr`.
-fn from_raw(ss: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-    let len = len as usize;
-    match ss.ss_family as libc::c_int {
-        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the family says sockaddr_in and the length covers it;
-            // sockaddr_storage is aligned for it.
-            let sin =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::from((
-                Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes()),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
 /// `sendmsg` of one datagram to `dest` with `control` as ancillary data
 /// (e.g. from [`crate::net::cmsg::build_reply_control`]; may be empty).
 /// Retries on EINTR; a non-blocking socket gives `WouldBlock` when full.
@@ -452,15 +390,16 @@ pub fn send_with_control(
     dest: SocketAddr,
     control: &[u8],
 ) -> io::Result<usize> {
-    let (mut name, name_len) = to_raw(dest);
+    let mut name = [0u8; SOCKADDR_MAX];
+    let name_len = write_sockaddr(&dest, &mut name);
     let mut iov = libc::iovec {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
     // SAFETY: msghdr is plain old data; all-zero is valid (no name, no control).
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = name_len;
+    msg.msg_name = name.as_mut_ptr().cast();
+    msg.msg_namelen = name_len as libc::socklen_t;
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     if !control.is_empty() {
@@ -506,8 +445,9 @@ pub fn recv_with_control(
     control: &mut [u8],
     flags: libc::c_int,
 ) -> io::Result<Received> {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    // Room for a sockaddr_in6; the kernel truncates anything longer (and
+    // says so in msg_namelen), which parse_sockaddr then refuses.
+    let mut name = [0u8; SOCKADDR_MAX];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -515,8 +455,8 @@ pub fn recv_with_control(
     loop {
         // SAFETY: msghdr is plain old data; all-zero is valid.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        msg.msg_name = name.as_mut_ptr().cast();
+        msg.msg_namelen = SOCKADDR_MAX as libc::socklen_t;
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         if !control.is_empty() {
@@ -529,7 +469,7 @@ pub fn recv_with_control(
         if n >= 0 {
             return Ok(Received {
                 len: (n as usize).min(buf.len()),
-                src: from_raw(&name, msg.msg_namelen),
+                src: parse_sockaddr(&name[..(msg.msg_namelen as usize).min(SOCKADDR_MAX)]),
                 control_len: (msg.msg_controllen as usize).min(control.len()),
                 truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
                 control_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
@@ -566,8 +506,8 @@ mod tests {
     use super::*;
     use crate::net::cmsg::{parse_rx_control, TxTimestamp, TxTsRequest, REPLY_CONTROL_SPACE};
     use crate::net::errqueue::read_tx_timestamps;
-    use std::net::IpAddr;
     use std::net::UdpSocket;
+    use std::net::{IpAddr, Ipv6Addr};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     fn now_nanos() -> i128 {
@@ -695,12 +635,6 @@ mod tests {
                 | sof::OPT_TSONLY
                 | sof::OPT_PKTINFO
         );
-        assert_eq!(sof::OPT_ID, libc::SOF_TIMESTAMPING_OPT_ID);
-        assert_eq!(sof::OPT_TSONLY, libc::SOF_TIMESTAMPING_OPT_TSONLY);
-        assert_eq!(sof::OPT_PKTINFO, libc::SOF_TIMESTAMPING_OPT_PKTINFO);
-        assert_eq!(sof::BIND_PHC, libc::SOF_TIMESTAMPING_BIND_PHC);
-        assert_eq!(sof::RAW_HARDWARE, libc::SOF_TIMESTAMPING_RAW_HARDWARE);
-        assert_eq!(sof::RX_SOFTWARE, libc::SOF_TIMESTAMPING_RX_SOFTWARE);
     }
 
     #[test]
@@ -886,6 +820,154 @@ mod tests {
         assert_eq!(&cbuf[..m], b"basic");
         assert!(!wait_ms(server.as_fd(), libc::POLLERR, 100));
         assert_eq!(read_tx_timestamps(server.as_fd(), &mut |_| ()).unwrap(), 0);
+    }
+
+    fn set_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int, v: libc::c_int) {
+        // SAFETY: `v` is a live c_int and the length says so.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "setsockopt {level}/{name}: {}",
+            io::Error::last_os_error()
+        );
+    }
+
+    /// `sin6_flowinfo` is big-endian in the kernel (`__be32`): with
+    /// `IPV6_FLOWINFO_SEND` on, the flow label written by
+    /// [`send_with_control`] (through `addr::write_sockaddr`) goes into the
+    /// packet's header, where the receiver's `IPV6_FLOWINFO` control message
+    /// shows it. Byte-swapped, another label would arrive.
+    #[test]
+    fn flowinfo_reaches_the_kernel_in_its_byte_order() {
+        let Ok(rx) = bind_udp("[::1]:0".parse().unwrap(), false) else {
+            println!("SKIP: no IPv6 loopback");
+            return;
+        };
+        let tx = bind_udp("[::1]:0".parse().unwrap(), false).unwrap();
+        set_int(tx.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_FLOWINFO_SEND, 1);
+        set_int(rx.as_fd(), libc::IPPROTO_IPV6, libc::IPV6_FLOWINFO, 1);
+        let to = match local_addr(rx.as_fd()).unwrap() {
+            SocketAddr::V6(a) => a,
+            _ => unreachable!(),
+        };
+        let with_flow =
+            |flowinfo| SocketAddr::V6(SocketAddrV6::new(*to.ip(), to.port(), flowinfo, 0));
+        let label = 0x1_2345;
+        send_with_control(tx.as_fd(), b"fl", with_flow(label), &[]).unwrap();
+        assert!(wait_for(rx.as_fd(), libc::POLLIN));
+        let mut buf = [0u8; 8];
+        let mut control = CmsgBuffer::<128>::new();
+        let r = recv_with_control(rx.as_fd(), &mut buf, &mut control.0, 0).unwrap();
+        assert_eq!(&buf[..r.len], b"fl");
+        let got = cmsg::cmsgs(&control.0[..r.control_len])
+            .find(|c| c.level == libc::IPPROTO_IPV6 && c.kind == libc::IPV6_FLOWINFO)
+            .map(|c| u32::from_be_bytes(c.data[..4].try_into().unwrap()) & 0xf_ffff);
+        assert_eq!(got, Some(label), "the flow label in the packet");
+    }
+
+    /// The scope id travels both ways: a request from a link-local address
+    /// arrives with the receiving interface's index as its scope, and a reply
+    /// sent to that address (scope included) reaches the client.
+    #[test]
+    fn scope_id_round_trip_on_link_local_veth() {
+        use crate::net::ethtool::{ifindex, testns::with_veth};
+        let r = with_veth(|a, b| {
+            let ip = |args: &[&str]| {
+                let out = std::process::Command::new("ip")
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            ip(&["addr", "add", "fe80::1/64", "dev", a, "nodad"]);
+            ip(&["addr", "add", "fe80::2/64", "dev", b, "nodad"]);
+            ip(&["link", "set", a, "up"]);
+            ip(&["link", "set", b, "up"]);
+            let (ia, ib) = (ifindex(a).unwrap(), ifindex(b).unwrap());
+            let server_at = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 0, 0, ia));
+            let server = bind_udp(server_at, false).unwrap();
+            let server_at = local_addr(server.as_fd()).unwrap();
+            let client =
+                UdpSocket::bind(SocketAddrV6::new("fe80::2".parse().unwrap(), 0, 0, ib)).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            // To the server's address, out of the client's own interface.
+            let SocketAddr::V6(s6) = server_at else {
+                unreachable!()
+            };
+            client
+                .send_to(b"ping", SocketAddrV6::new(*s6.ip(), s6.port(), 0, ib))
+                .unwrap();
+            assert!(wait_for(server.as_fd(), libc::POLLIN));
+            let mut buf = [0u8; 8];
+            let r = recv_with_control(server.as_fd(), &mut buf, &mut [], 0).unwrap();
+            let src = r.src.unwrap();
+            send_with_control(server.as_fd(), b"pong", src, &[]).unwrap();
+            let mut got = [0u8; 8];
+            let (n, from) = client.recv_from(&mut got).unwrap();
+            (
+                src,
+                ia,
+                client.local_addr().unwrap(),
+                got[..n].to_vec(),
+                from,
+                server_at,
+            )
+        });
+        if let Some((src, ia, client, reply, from, server_at)) = r {
+            let SocketAddr::V6(src6) = src else {
+                panic!("{src}")
+            };
+            assert_eq!(src6.scope_id(), ia, "scope: the interface it arrived on");
+            assert_eq!((src.ip(), src.port()), (client.ip(), client.port()));
+            assert_eq!(reply, b"pong");
+            assert_eq!(from.ip(), server_at.ip());
+        }
+    }
+
+    /// `bind_udp` turns `SO_RXQ_OVFL` on: after the kernel dropped datagrams
+    /// for a full receive buffer, the next datagram queued carries the count.
+    #[test]
+    fn socket_drops_reported_after_overflow() {
+        let server = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        // The smallest buffer the kernel allows: a few datagrams fit.
+        setsockopt(&server, sockopt::RcvBuf, &0).unwrap();
+        let to = local_addr(server.as_fd()).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            client.send_to(&[0u8; 48], to).unwrap();
+        }
+        let mut buf = [0u8; 64];
+        let mut control = CmsgBuffer::<128>::new();
+        let mut queued = 0;
+        while let Ok(r) =
+            recv_with_control(server.as_fd(), &mut buf, &mut control.0, libc::MSG_DONTWAIT)
+        {
+            // Queued before the first drop: no count yet.
+            let meta = cmsg::parse_rx_control(&control.0[..r.control_len]);
+            assert_eq!(meta.socket_drops, None);
+            queued += 1;
+        }
+        assert!(queued < 200, "the buffer held all {queued}");
+        client.send_to(&[0u8; 48], to).unwrap();
+        assert!(wait_for(server.as_fd(), libc::POLLIN));
+        let r = recv_with_control(server.as_fd(), &mut buf, &mut control.0, 0).unwrap();
+        let meta = cmsg::parse_rx_control(&control.0[..r.control_len]);
+        assert_eq!(meta.socket_drops, Some(200 - queued), "queued {queued}");
     }
 
     #[test]

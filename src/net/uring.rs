@@ -157,6 +157,9 @@ pub struct UringOf<C: CompletionEntry> {
     batch_wait_us: u32,
     /// `io_uring_enter` calls made, for statistics.
     pub enters: u64,
+    /// Test builds only: errors and completions to fake (see [`faults`]).
+    #[cfg(test)]
+    faults: Option<faults::Injector>,
 }
 
 /// The data-path ring: receives, sends, polls.
@@ -211,10 +214,37 @@ impl<C: CompletionEntry> UringOf<C> {
             ring,
             batch_wait_us,
             enters: 0,
+            #[cfg(test)]
+            faults: faults::installed(),
         })
     }
 
+    /// Test builds only: the fault to fake at this `io_uring_enter`, if one is queued.
+    #[cfg(test)]
+    fn injected_enter_error(&mut self) -> Option<io::Error> {
+        let errno = self.faults.as_ref()?.take_enter_error()?;
+        Some(io::Error::from_raw_os_error(errno))
+    }
+
+    #[cfg(not(test))]
+    #[inline(always)]
+    fn injected_enter_error(&mut self) -> Option<io::Error> {
+        None
+    }
+
+    /// Queue `entry`. When the submission queue is full, what is queued is
+    /// submitted first; if the kernel takes none of it (the submit failed, e.g.
+    /// with `EBUSY` or `EAGAIN`), the entry is not queued and the error is
+    /// [`io::ErrorKind::WouldBlock`] ("submission queue full"): the caller
+    /// drops or retries that one request, the ring stays usable.
     fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        #[cfg(test)]
+        if self.faults.as_ref().is_some_and(|f| f.take_push_failure()) {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "submission queue full",
+            ));
+        }
         // SAFETY: every entry built by this module points only into memory owned by
         // a `BufRing`, `RecvTemplate` or `SendSlots` that outlives the request (the
         // worker keeps them until the ring is dropped and frees a send slot only on
@@ -222,7 +252,7 @@ impl<C: CompletionEntry> UringOf<C> {
         let pushed = unsafe { self.ring.submission().push(entry) };
         if pushed.is_err() {
             // Queue full: hand what is queued to the kernel and try once more.
-            self.submit()?;
+            let _ = self.submit();
             // SAFETY: as above.
             unsafe { self.ring.submission().push(entry) }
                 .map_err(|_| io::Error::new(io::ErrorKind::WouldBlock, "submission queue full"))?;
@@ -233,11 +263,17 @@ impl<C: CompletionEntry> UringOf<C> {
     /// Submit what is queued without waiting.
     pub fn submit(&mut self) -> io::Result<usize> {
         self.enters += 1;
+        if let Some(e) = self.injected_enter_error() {
+            return Err(e);
+        }
         self.ring.submit()
     }
 
-    /// Submit what is queued and wait up to `timeout` for at least one completion.
-    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+    /// Submit what is queued and wait up to `timeout` for at least one
+    /// completion. A timeout is success; every other error of
+    /// `io_uring_enter` (`EINTR`, `EAGAIN`, `EBUSY`, ...) is returned for the
+    /// caller to count and handle. Entries the kernel did not take stay queued.
+    pub fn enter(&mut self, timeout: Duration) -> io::Result<()> {
         let ts = types::Timespec::from(timeout);
         let mut args = types::SubmitArgs::new().timespec(&ts);
         let mut want = 1;
@@ -246,27 +282,64 @@ impl<C: CompletionEntry> UringOf<C> {
             want = BATCH_WANT;
         }
         self.enters += 1;
+        if let Some(e) = self.injected_enter_error() {
+            return Err(e);
+        }
         match self.ring.submitter().submit_with_args(want, &args) {
             Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`UringOf::enter`], with the transient errors (`EINTR`, `EBUSY`,
+    /// `EAGAIN`) also taken as success: for callers that only poll.
+    pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
+        match self.enter(timeout) {
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
                 ) =>
             {
                 Ok(())
             }
-            Err(e) => Err(e),
+            r => r,
         }
+    }
+
+    /// The completion queue's overflow state: whether the kernel holds
+    /// completions back because the queue was full (`IORING_SQ_CQ_OVERFLOW`;
+    /// they come once the queue has room), and how many completions it dropped
+    /// for good since the ring was made (`cq.overflow`).
+    pub fn cq_overflow(&mut self) -> (bool, u32) {
+        #[cfg(test)]
+        if let Some(f) = self.faults.as_ref().and_then(|f| f.take_overflow()) {
+            return f;
+        }
+        let held = self.ring.submission().cq_overflow();
+        (held, self.ring.completion().overflow())
     }
 
     /// Copy up to `out.len()` completions out of the ring; returns how many.
     pub fn reap(&mut self, out: &mut [Completion]) -> usize {
         let mut n = 0;
+        #[cfg(test)]
+        if let Some(f) = &self.faults {
+            while n < out.len() {
+                let Some(c) = f.take_completion() else { break };
+                out[n] = c;
+                n += 1;
+            }
+        }
         let mut cq = self.ring.completion();
         while n < out.len() {
             let Some(cqe) = cq.next() else { break };
             out[n] = cqe.copy_out();
+            #[cfg(test)]
+            if let Some(f) = &self.faults {
+                f.apply_rewrite(&mut out[n]);
+            }
             n += 1;
         }
         n
@@ -664,6 +737,119 @@ impl SendSlots {
         s.hdr.msg_controllen = s.control_len;
         s.hdr.msg_flags = 0;
         &s.hdr
+    }
+}
+
+/// Fault injection for tests (compiled into test builds only): a ring made on
+/// a thread where an [`faults::Injector`] is installed fakes the errors and
+/// completions queued in it, so tests can show that the worker survives each
+/// run-time error of io_uring.
+#[cfg(test)]
+pub mod faults {
+    use super::Completion;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct Queued {
+        enter_errors: VecDeque<i32>,
+        completions: VecDeque<Completion>,
+        overflow: VecDeque<(bool, u32)>,
+        rewrites: VecDeque<(u64, u64, i32)>,
+        push_failures: usize,
+    }
+
+    /// A queue of faults, shared by the test and the rings that use it.
+    #[derive(Clone, Default)]
+    pub struct Injector(Arc<Mutex<Queued>>);
+
+    impl Injector {
+        /// The next `io_uring_enter` (`submit`, `enter`) fails with `errno`
+        /// without reaching the kernel.
+        pub fn fail_enter(&self, errno: i32) {
+            self.0.lock().unwrap().enter_errors.push_back(errno);
+        }
+
+        /// The next `reap` returns this completion first.
+        pub fn complete(&self, c: Completion) {
+            self.0.lock().unwrap().completions.push_back(c);
+        }
+
+        /// The next `cq_overflow` reports this state.
+        pub fn overflow(&self, held: bool, dropped: u32) {
+            self.0.lock().unwrap().overflow.push_back((held, dropped));
+        }
+
+        /// The next real completion whose `user_data & mask == value` gets
+        /// `result` instead of its own (flags and buffer kept).
+        pub fn rewrite(&self, mask: u64, value: u64, result: i32) {
+            self.0
+                .lock()
+                .unwrap()
+                .rewrites
+                .push_back((mask, value, result));
+        }
+
+        /// The next request queued finds the submission queue full and the
+        /// kernel taking nothing.
+        pub fn fail_push(&self) {
+            self.0.lock().unwrap().push_failures += 1;
+        }
+
+        /// Whether every queued fault has been used.
+        pub fn used_up(&self) -> bool {
+            let q = self.0.lock().unwrap();
+            q.enter_errors.is_empty()
+                && q.completions.is_empty()
+                && q.overflow.is_empty()
+                && q.rewrites.is_empty()
+                && q.push_failures == 0
+        }
+
+        pub(super) fn take_push_failure(&self) -> bool {
+            let mut q = self.0.lock().unwrap();
+            let fail = q.push_failures > 0;
+            q.push_failures = q.push_failures.saturating_sub(1);
+            fail
+        }
+
+        pub(super) fn apply_rewrite(&self, c: &mut Completion) {
+            let mut q = self.0.lock().unwrap();
+            if let Some(i) = q
+                .rewrites
+                .iter()
+                .position(|&(mask, value, _)| c.user_data & mask == value)
+            {
+                c.result = q.rewrites.remove(i).unwrap().2;
+            }
+        }
+
+        pub(super) fn take_enter_error(&self) -> Option<i32> {
+            self.0.lock().unwrap().enter_errors.pop_front()
+        }
+
+        pub(super) fn take_completion(&self) -> Option<Completion> {
+            self.0.lock().unwrap().completions.pop_front()
+        }
+
+        pub(super) fn take_overflow(&self) -> Option<(bool, u32)> {
+            self.0.lock().unwrap().overflow.pop_front()
+        }
+    }
+
+    thread_local! {
+        static INSTALLED: RefCell<Option<Injector>> = const { RefCell::new(None) };
+    }
+
+    /// Every ring made on this thread from now on (rebuilt ones too) takes
+    /// its faults from `injector`.
+    pub fn install(injector: &Injector) {
+        INSTALLED.with(|i| *i.borrow_mut() = Some(injector.clone()));
+    }
+
+    pub(super) fn installed() -> Option<Injector> {
+        INSTALLED.with(|i| i.borrow().clone())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The server's decision for one request: reply (basic or interleaved), KoD, or
 //! drop with a reason. Pure: every input is a parameter.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::packet::{mode, walk_trailer, Header, Trailer, TrailerError, HEADER_LEN};
 use super::state::{LeapIndicator, ServerState};
@@ -33,7 +33,8 @@ pub enum DropReason {
     TrailingGarbage,
     /// A request carrying a symmetric-key MAC: no keys are configured.
     Authenticated,
-    /// Source address is multicast, broadcast, unspecified, or port 0.
+    /// Source address is multicast, broadcast (255.255.255.255, 127.255.255.255,
+    /// or a subnet broadcast of the host's interfaces), unspecified, or port 0.
     BadSource,
     /// The server is unsynchronised and configured to stay silent then.
     Unsynchronized,
@@ -207,13 +208,29 @@ pub enum Decision {
     Drop(DropReason),
 }
 
+/// The broadcast address of 127.0.0.0/8, which every Linux host's loopback
+/// interface has: never a client's address.
+pub const LOOPBACK_BROADCAST: Ipv4Addr = Ipv4Addr::new(127, 255, 255, 255);
+
+fn bad_source_v4(ip: Ipv4Addr) -> bool {
+    ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() || ip == LOOPBACK_BROADCAST
+}
+
+/// Sources that are certainly not a client: port 0, unspecified, multicast,
+/// the limited broadcast 255.255.255.255 and the loopback subnet's broadcast
+/// (as IPv4 or IPv4-mapped IPv6). The broadcast addresses of the host's other
+/// subnets are checked by the caller, which knows its interfaces.
 fn bad_source(addr: &SocketAddr) -> bool {
     if addr.port() == 0 {
         return true;
     }
     match addr.ip() {
-        IpAddr::V4(ip) => ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast(),
-        IpAddr::V6(ip) => ip.is_unspecified() || ip.is_multicast(),
+        IpAddr::V4(ip) => bad_source_v4(ip),
+        IpAddr::V6(ip) => {
+            ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.to_ipv4_mapped().is_some_and(bad_source_v4)
+        }
     }
 }
 
@@ -483,6 +500,9 @@ mod tests {
             "0.0.0.0:123",
             "224.0.0.1:123",
             "255.255.255.255:123",
+            "127.255.255.255:123",
+            "[::ffff:127.255.255.255]:123",
+            "[::ffff:255.255.255.255]:123",
             "192.0.2.1:0",
             "[ff02::1]:123",
             "[::]:5",
@@ -492,6 +512,20 @@ mod tests {
             assert_eq!(
                 reply_of(&request(4, 3), &c, &state()).0,
                 Decision::Drop(DropReason::BadSource),
+                "{src}"
+            );
+        }
+        // An address ending in .255 may be a host (on a /23, say): only the
+        // caller, knowing its subnets, can tell; the core answers it.
+        for src in [
+            "192.0.2.255:123",
+            "10.255.255.255:123",
+            "126.255.255.255:123",
+        ] {
+            let mut c = ctx();
+            c.source = src.parse().unwrap();
+            assert!(
+                matches!(reply_of(&request(4, 3), &c, &state()).0, Decision::Reply(_)),
                 "{src}"
             );
         }

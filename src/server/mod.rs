@@ -7,6 +7,9 @@ pub mod health;
 pub mod hysteresis;
 pub mod interleave;
 pub mod metrics;
+pub mod resilience;
+pub mod restart;
+pub mod signals;
 pub mod stats;
 pub mod supervisor;
 pub mod timestamping;
@@ -39,7 +42,7 @@ use metrics::Exporter;
 use stats::{StatsSnapshot, WorkerStats};
 use std::os::fd::AsFd;
 use supervisor::Supervisor;
-use worker::{Worker, WorkerConfig, WorkerSocket};
+use worker::{WorkerConfig, WorkerSocket};
 
 /// Build the reference configuration from the command line.
 pub fn reference_config(args: &Args, precision: i8) -> Result<ReferenceConfig> {
@@ -92,9 +95,7 @@ fn check_kernel() -> Result<()> {
 pub fn run(args: &Args) -> Result<()> {
     check_kernel()?;
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let signals = signals::Signals::install(&stop).context("installing signal handlers")?;
 
     let precision = measure_precision();
     let reference = reference_config(args, precision)?;
@@ -148,6 +149,9 @@ pub fn run(args: &Args) -> Result<()> {
 
     let n_workers = args.worker_count();
     let listen = args.listen_addrs();
+    if let Some(dup) = crate::config::duplicate_listen(&listen) {
+        bail!("--listen {dup} is given twice: each address may be listened on once");
+    }
     // The workers share each port through SO_REUSEPORT, which would also let a
     // second server (same user) share it silently: bind once without it first,
     // so a port already in use is an error.
@@ -212,6 +216,11 @@ pub fn run(args: &Args) -> Result<()> {
         batch_wait_us: args.batch_wait_us,
         ..RingConfig::default()
     };
+    let guards = resilience::Guards {
+        max_request_age_ns: args.max_request_age_ms * 1_000_000,
+        ..Default::default()
+    };
+    refresh_broadcasts(&guards.broadcasts);
     let mut stats = Vec::with_capacity(n_workers);
     let mut handles = Vec::with_capacity(n_workers);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<std::result::Result<(), String>>();
@@ -233,25 +242,17 @@ pub fn run(args: &Args) -> Result<()> {
             domains: domains.clone(),
             ring,
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
+            guards: guards.clone(),
         };
         let ready = ready_tx.clone();
-        let stop_on_error = stop.clone();
         let h = std::thread::Builder::new()
             .name(format!("hwntpd-w{id}"))
+            // The ring is created on the thread that uses it (single-issuer
+            // rings); a worker that fails is rebuilt there, the server goes on.
             .spawn(move || {
-                // The ring is created on the thread that uses it (single-issuer rings).
-                let w = match Worker::new(cfg) {
-                    Ok(w) => w,
-                    Err(e) => {
-                        let _ = ready.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = ready.send(Ok(()));
-                if let Err(e) = w.run() {
-                    tracing::error!(worker = id, "worker failed: {e}");
-                    stop_on_error.store(true, Ordering::Relaxed);
-                }
+                restart::supervise(cfg, |r| {
+                    let _ = ready.send(r);
+                })
             })?;
         handles.push(h);
     }
@@ -310,12 +311,23 @@ pub fn run(args: &Args) -> Result<()> {
 
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;
+    let mut next_broadcasts = Instant::now() + BROADCAST_REFRESH;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(supervisor::TICK);
         supervisor.tick(Instant::now());
+        let pending = signals.take();
+        pending.log_ignored();
+        if pending.usr1 {
+            tracing::info!("SIGUSR1: statistics now");
+            report(&exporter, args.stats_file.as_deref(), true);
+        }
         if Instant::now() >= next {
             next += interval;
             report(&exporter, args.stats_file.as_deref(), true);
+        }
+        if Instant::now() >= next_broadcasts {
+            next_broadcasts += BROADCAST_REFRESH;
+            refresh_broadcasts(&guards.broadcasts);
         }
     }
     supervisor.stopping();
@@ -328,6 +340,18 @@ pub fn run(args: &Args) -> Result<()> {
     }
     report(&exporter, args.stats_file.as_deref(), true);
     Ok(())
+}
+
+/// How often the host's subnet-broadcast addresses are read again.
+const BROADCAST_REFRESH: Duration = Duration::from_secs(60);
+
+/// Read the subnet-broadcast addresses of the host's interfaces into `into`
+/// (kept as they were if the interfaces cannot be read).
+fn refresh_broadcasts(into: &resilience::LocalBroadcasts) {
+    match crate::net::ifaces::local_broadcasts() {
+        Ok(b) => into.set(b),
+        Err(e) => tracing::warn!("cannot list the interfaces' broadcast addresses: {e}"),
+    }
 }
 
 fn report(exporter: &Exporter, file: Option<&Path>, log: bool) -> StatsSnapshot {

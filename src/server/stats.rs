@@ -129,6 +129,22 @@ counters! {
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
     watchdog_checks => "hwntpd_watchdog_checks_total", "", "Socket watchdog checks made by the workers (each worker about every 100 ms, busy or idle: its heartbeat).";
+    enter_eintr => "hwntpd_worker_errors_total", "kind=\"enter_eintr\"", "io_uring_enter interrupted by a signal (EINTR); retried.";
+    enter_eagain => "hwntpd_worker_errors_total", "kind=\"enter_eagain\"", "io_uring_enter refused for lack of kernel resources (EAGAIN); retried.";
+    enter_ebusy => "hwntpd_worker_errors_total", "kind=\"enter_ebusy\"", "io_uring_enter refused while completions wait (EBUSY); completions reaped, retried.";
+    enter_fatal => "hwntpd_worker_errors_total", "kind=\"enter_other\"", "io_uring_enter failed otherwise (the worker is restarted).";
+    cq_overflow => "hwntpd_worker_errors_total", "kind=\"cq_overflow\"", "Turns that found the completion queue overflowed (the kernel held completions back until reaped).";
+    cq_dropped => "hwntpd_worker_errors_total", "kind=\"cq_dropped\"", "Completions the kernel dropped (the worker is restarted: in-flight state is unknown).";
+    sq_full => "hwntpd_worker_errors_total", "kind=\"sq_full\"", "Requests that found the submission queue full and could not be submitted (a reply dropped, or a receive re-armed later).";
+    send_enobufs => "hwntpd_worker_errors_total", "kind=\"send_enobufs\"", "Sends refused with ENOBUFS (device or socket queue full).";
+    send_eperm => "hwntpd_worker_errors_total", "kind=\"send_eperm\"", "Sends refused with EPERM (a firewall rule).";
+    send_eagain => "hwntpd_worker_errors_total", "kind=\"send_eagain\"", "Sends refused with EAGAIN (send buffer full).";
+    send_other => "hwntpd_worker_errors_total", "kind=\"send_other\"", "Sends refused with another errno.";
+    recv_enobufs => "hwntpd_worker_errors_total", "kind=\"recv_enobufs\"", "Multishot receives ended because every receive buffer was in use (re-armed).";
+    recv_other => "hwntpd_worker_errors_total", "kind=\"recv_other\"", "Receive completions with another errno.";
+    restarts => "hwntpd_worker_restarts_total", "", "Workers restarted after an error they could not recover from (ring rebuilt, sockets kept).";
+    socket_overflow => "hwntpd_socket_overflow_drops_total", "", "Datagrams the kernel dropped because a socket's receive buffer was full (SO_RXQ_OVFL).";
+    stale_requests => "hwntpd_stale_requests_total", "", "Requests dropped unanswered because they waited in the socket longer than --max-request-age-ms.";
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.
@@ -204,6 +220,23 @@ impl StatsSnapshot {
         self.replies_basic + self.replies_interleaved + self.replies_kod
     }
 
+    /// Run-time errors workers met and handled (`hwntpd_worker_errors_total`, all kinds).
+    pub fn worker_errors(&self) -> u64 {
+        self.enter_eintr
+            + self.enter_eagain
+            + self.enter_ebusy
+            + self.enter_fatal
+            + self.cq_overflow
+            + self.cq_dropped
+            + self.sq_full
+            + self.send_enobufs
+            + self.send_eperm
+            + self.send_eagain
+            + self.send_other
+            + self.recv_enobufs
+            + self.recv_other
+    }
+
     /// One summary line for the log.
     pub fn summary(&self) -> String {
         let mut drops = String::new();
@@ -215,7 +248,8 @@ impl StatsSnapshot {
         }
         format!(
             "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
-             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} drops={}{}",
+             tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} errors={} restarts={} \
+             socket_overflow={} stale={} drops={}{}",
             self.received,
             self.total_replies(),
             self.replies_basic,
@@ -234,6 +268,10 @@ impl StatsSnapshot {
             self.truncated,
             self.recv_stalls,
             self.tx_ts_stalls,
+            self.worker_errors(),
+            self.restarts,
+            self.socket_overflow,
+            self.stale_requests,
             self.total_drops(),
             drops
         )
@@ -303,6 +341,41 @@ mod tests {
         assert_eq!(get("hwntpd_replies_total{mode=\"basic\"}"), Some(0));
         assert_eq!(text.matches("# TYPE hwntpd_replies_total").count(), 1);
         assert!(total.summary().contains("mode_control=1"));
+    }
+
+    #[test]
+    fn worker_errors_export_as_one_family() {
+        let a = WorkerStats::default();
+        bump(&a.send_eperm);
+        add(&a.enter_ebusy, 2);
+        bump(&a.restarts);
+        add(&a.socket_overflow, 7);
+        let total = sum([&a]);
+        assert_eq!(total.worker_errors(), 3);
+        let text = total.to_prometheus();
+        assert_eq!(text.matches("# TYPE hwntpd_worker_errors_total").count(), 1);
+        let kv = parse_prometheus(&text);
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| *v);
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"send_eperm\"}"),
+            Some(1)
+        );
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"enter_ebusy\"}"),
+            Some(2)
+        );
+        assert_eq!(
+            get("hwntpd_worker_errors_total{kind=\"cq_dropped\"}"),
+            Some(0)
+        );
+        assert_eq!(get("hwntpd_worker_restarts_total"), Some(1));
+        assert_eq!(get("hwntpd_socket_overflow_drops_total"), Some(7));
+        assert_eq!(get("hwntpd_stale_requests_total"), Some(0));
+        let line = total.summary();
+        assert!(
+            line.contains("errors=3 restarts=1 socket_overflow=7 stale=0"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! reply in the batch is read once, as late as possible, just before the batch is
 //! handed to the kernel.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +30,9 @@ use crate::protocol::server::{
 };
 use crate::protocol::NtpTimestamp;
 use crate::server::interleave::InterleaveTable;
+use crate::server::resilience::{
+    is_stale, overflow_delta, worth_logging, BroadcastCopy, EnterError, Guards, SendError,
+};
 use crate::server::stats::{add, bump, WorkerStats};
 use crate::server::txstamps::{Completion, PendingTx, SendLatency, Sent};
 use crate::server::watchdog::{Watchdog, WATCHDOG_INTERVAL_MS};
@@ -93,6 +96,8 @@ pub struct WorkerConfig {
     pub ring: RingConfig,
     /// CPU to pin to.
     pub cpu: Option<usize>,
+    /// Staleness bound and broadcast sources (see [`crate::server::resilience`]).
+    pub guards: Guards,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -128,6 +133,10 @@ struct SocketState {
     rx_watch: Watchdog,
     /// Transmit-timestamp completions keep coming while the error queue holds some.
     tx_watch: Watchdog,
+    /// The socket's cumulative `SO_RXQ_OVFL` drop count, as last reported.
+    drops_seen: u32,
+    /// The receive could not be queued (submission queue full): arm it next turn.
+    needs_arm: bool,
 }
 
 impl SocketState {
@@ -175,6 +184,10 @@ enum SlotKind {
     Kod,
 }
 
+/// A worker that stopped on an error, and its configuration (sockets
+/// included) for another start.
+pub type Failed = Box<(std::io::Error, WorkerConfig)>;
+
 /// A running worker's loop state.
 pub struct Worker {
     // Field order matters: the rings are dropped (closed) before the memory they use.
@@ -187,29 +200,53 @@ pub struct Worker {
     sockets: Vec<SocketState>,
     batch: Vec<Queued>,
     cqes: Vec<Cqe>,
+    /// `CLOCK_REALTIME` (ns) when the current chunk of completions was reaped:
+    /// "now" for the staleness check.
+    handled_ns: i128,
+    /// Completions the kernel had dropped at the last look.
+    cq_dropped_seen: u32,
+    broadcasts: BroadcastCopy,
     cfg: WorkerConfig,
 }
 
 impl Worker {
     /// Set up the ring and buffers and arm the receives.
     pub fn new(cfg: WorkerConfig) -> std::io::Result<Self> {
-        let mut ring = Ring::new(&cfg.ring)?;
+        Self::start(cfg).map_err(|f| f.0)
+    }
+
+    /// [`Worker::new`], handing the configuration back on failure (for a
+    /// supervisor that tries again).
+    pub fn start(cfg: WorkerConfig) -> Result<Self, Failed> {
+        let mut ring = match Ring::new(&cfg.ring) {
+            Ok(r) => r,
+            Err(e) => return Err(Box::new((e, cfg))),
+        };
         let tx_ring = match cfg.tx_mode {
             // Never a batched wait here: this ring is only reaped, its task work
             // must run whenever the worker enters the kernel.
-            TxTimestampMode::UringCommand => Some(TxRing::new(&RingConfig {
+            TxTimestampMode::UringCommand => match TxRing::new(&RingConfig {
                 sq_entries: 16,
                 batch_wait_us: 0,
                 ..cfg.ring
-            })?),
+            }) {
+                Ok(r) => Some(r),
+                Err(e) => return Err(Box::new((e, cfg))),
+            },
             _ => None,
         };
-        let bufs = BufRing::new(cfg.ring.recv_buffers, cfg.ring.recv_buffer_size, 0)?;
-        ring.register(&bufs)?;
+        let bufs = match BufRing::new(cfg.ring.recv_buffers, cfg.ring.recv_buffer_size, 0) {
+            Ok(b) => b,
+            Err(e) => return Err(Box::new((e, cfg))),
+        };
+        if let Err(e) = ring.register(&bufs) {
+            return Err(Box::new((e, cfg)));
+        }
         let sockets = cfg
             .sockets
             .iter()
-            .map(|s| SocketState {
+            .enumerate()
+            .map(|(i, s)| SocketState {
                 fd: s.fd.as_raw_fd(),
                 local: s.local,
                 next_key: 0,
@@ -218,6 +255,8 @@ impl Worker {
                 last_calibration: NtpTimestamp::ZERO,
                 rx_watch: Watchdog::default(),
                 tx_watch: Watchdog::default(),
+                drops_seen: cfg.guards.drops_seen.get(i).copied().unwrap_or(0),
+                needs_arm: false,
             })
             .collect();
         let n_slots = cfg.ring.send_slots;
@@ -231,34 +270,167 @@ impl Worker {
             sockets,
             batch: Vec::with_capacity(usize::from(n_slots)),
             cqes: vec![Cqe::default(); cfg.ring.cq_entries as usize],
+            handled_ns: 0,
+            cq_dropped_seen: 0,
+            broadcasts: BroadcastCopy::default(),
             cfg,
         };
+        w.broadcasts.refresh(&w.cfg.guards.broadcasts.get());
         for i in 0..w.sockets.len() {
-            w.arm_recv(i)?;
-            match w.cfg.tx_mode {
-                TxTimestampMode::Off => {}
-                TxTimestampMode::UringCommand => {
-                    if let Some(tx) = &mut w.tx_ring {
-                        tx.arm_tx_timestamps(w.sockets[i].fd, tag(KIND_TXTS, i, 0))?;
-                        tx.submit()?;
-                    }
-                }
+            let armed = w.arm_recv(i).and_then(|()| match w.cfg.tx_mode {
+                TxTimestampMode::Off => Ok(()),
+                TxTimestampMode::UringCommand => match &mut w.tx_ring {
+                    Some(tx) => tx
+                        .arm_tx_timestamps(w.sockets[i].fd, tag(KIND_TXTS, i, 0))
+                        .and_then(|()| tx.submit().map(drop)),
+                    None => Ok(()),
+                },
                 TxTimestampMode::ErrorQueue => w
                     .ring
-                    .arm_poll_err(w.sockets[i].fd, tag(KIND_POLLERR, i, 0))?,
+                    .arm_poll_err(w.sockets[i].fd, tag(KIND_POLLERR, i, 0)),
+            });
+            if let Err(e) = armed {
+                w.shutdown();
+                return Err(Box::new((e, w.into_config())));
             }
         }
         Ok(w)
     }
 
+    /// Give the configuration back (the sockets stay open), releasing the
+    /// ring before the memory it used.
+    fn into_config(self) -> WorkerConfig {
+        let drops_seen = self.sockets.iter().map(|s| s.drops_seen).collect();
+        let Worker { mut cfg, .. } = self;
+        cfg.guards.drops_seen = drops_seen;
+        cfg
+    }
+
+    /// Arm the socket's multishot receive; with the submission queue full,
+    /// count it and arm it on the next turn instead.
     fn arm_recv(&mut self, socket: usize) -> std::io::Result<()> {
         let fd = self.sockets[socket].fd;
-        self.ring
-            .arm_recv(fd, &self.template, &self.bufs, tag(KIND_RECV, socket, 0))
+        let r = self
+            .ring
+            .arm_recv(fd, &self.template, &self.bufs, tag(KIND_RECV, socket, 0));
+        self.sockets[socket].needs_arm = false;
+        match r {
+            Err(e) if EnterError::of(&e) == EnterError::QueueFull => {
+                self.sockets[socket].needs_arm = true;
+                self.tolerate::<()>(Err(e))
+            }
+            r => r,
+        }
+    }
+
+    /// Count and log a run-time error of the given counter: the first time,
+    /// then at powers of two.
+    fn note_error(&self, counter: &AtomicU64, what: &str, errno: i32) {
+        bump(counter);
+        let count = counter.load(Ordering::Relaxed);
+        if worth_logging(count) {
+            tracing::warn!(
+                worker = self.cfg.id,
+                errno,
+                count,
+                "{what}: {}; counted, the worker goes on",
+                std::io::Error::from_raw_os_error(errno)
+            );
+        }
+    }
+
+    /// Handle an error of `io_uring_enter` or of queueing a request where it
+    /// happened: count and log it, and go on (`Ok`), unless it leaves the
+    /// ring in an unknown state (`Err`: the worker's run ends and its
+    /// supervisor rebuilds it).
+    fn tolerate<T>(&self, r: std::io::Result<T>) -> std::io::Result<()> {
+        let Err(e) = r else { return Ok(()) };
+        let s = &self.cfg.stats;
+        let errno = e.raw_os_error().unwrap_or(0);
+        match EnterError::of(&e) {
+            EnterError::Interrupted => self.note_error(&s.enter_eintr, "io_uring_enter", errno),
+            EnterError::Again => {
+                self.note_error(&s.enter_eagain, "io_uring_enter", errno);
+                // The kernel is short of memory: do not spin on it.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            EnterError::Busy => self.note_error(&s.enter_ebusy, "io_uring_enter", errno),
+            EnterError::QueueFull => {
+                bump(&s.sq_full);
+                if worth_logging(s.sq_full.load(Ordering::Relaxed)) {
+                    tracing::warn!(
+                        worker = self.cfg.id,
+                        count = s.sq_full.load(Ordering::Relaxed),
+                        "submission queue full: a request was not queued; counted, the worker goes on"
+                    );
+                }
+            }
+            EnterError::CompletionsDropped => {
+                bump(&s.cq_dropped);
+                return Err(std::io::Error::other(format!(
+                    "the kernel dropped completions ({e})"
+                )));
+            }
+            EnterError::Fatal => {
+                bump(&s.enter_fatal);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Submit what is queued now, handling the errors as [`Worker::tolerate`] does.
+    fn submit_now(&mut self) -> std::io::Result<()> {
+        let r = self.ring.submit();
+        self.tolerate(r)
+    }
+
+    /// Look at the completion queue's overflow state: completions held back
+    /// are counted (they come once reaped room allows); completions the
+    /// kernel dropped end the run (a lost send completion would leak its
+    /// slot, a lost receive completion silence a socket).
+    fn check_overflow(&mut self) -> std::io::Result<()> {
+        let (held, dropped) = self.ring.cq_overflow();
+        let s = &self.cfg.stats;
+        if held {
+            bump(&s.cq_overflow);
+            let count = s.cq_overflow.load(Ordering::Relaxed);
+            if worth_logging(count) {
+                tracing::warn!(
+                    worker = self.cfg.id,
+                    count,
+                    "completion queue overflowed: the kernel holds completions until they are reaped"
+                );
+            }
+        }
+        if dropped != self.cq_dropped_seen {
+            let lost = dropped.wrapping_sub(self.cq_dropped_seen);
+            self.cq_dropped_seen = dropped;
+            add(&s.cq_dropped, u64::from(lost));
+            return Err(std::io::Error::other(format!(
+                "the kernel dropped {lost} completions"
+            )));
+        }
+        Ok(())
     }
 
     /// Run until the stop flag is set.
     pub fn run(mut self) -> std::io::Result<()> {
+        let r = self.serve();
+        self.shutdown();
+        r
+    }
+
+    /// Run until the stop flag is set (`Ok`), or until an error the worker
+    /// cannot recover from: then release the ring and hand the error and the
+    /// configuration (with the sockets) back, for a restart.
+    pub fn run_or_return(mut self) -> Result<(), Failed> {
+        let r = self.serve();
+        self.shutdown();
+        r.map_err(|e| Box::new((e, self.into_config())))
+    }
+
+    fn serve(&mut self) -> std::io::Result<()> {
         if let Some(cpu) = self.cfg.cpu {
             pin_to_cpu(cpu);
         }
@@ -266,16 +438,24 @@ impl Worker {
         let mut last_tick = Instant::now();
         let mut last_watch = last_tick;
         while !self.cfg.stop.load(Ordering::Relaxed) {
-            self.ring.submit_and_wait(watchdog_interval)?;
+            let entered = self.ring.enter(watchdog_interval);
             // First thing after waking: the user-space receive time, used only for
             // datagrams that arrive without a kernel timestamp.
-            let wake = self.served_now();
+            let (wake, wake_raw) = self.served_now_and_raw();
+            self.handled_ns = unix_ns(wake_raw);
+            self.tolerate(entered)?;
+            self.check_overflow()?;
             let mut cqes = std::mem::take(&mut self.cqes);
             // Transmit timestamps first: the kernel posted them (as task work,
             // run by the enter above) before the requests now waiting, and a
             // follow-up request may need the exact time of the previous reply.
             self.reap_tx(&mut cqes)?;
+            let mut first = true;
             loop {
+                if !std::mem::take(&mut first) {
+                    // A deep queue: "now" moves on for the staleness check.
+                    self.handled_ns = unix_ns(realtime::now_unix());
+                }
                 let n = self.ring.reap(&mut cqes[..SEND_BATCH]);
                 for c in &cqes[..n] {
                     self.dispatch(c, wake)?;
@@ -289,7 +469,7 @@ impl Worker {
                 if self.batch.len() >= SEND_BATCH {
                     self.bufs.publish();
                     self.flush_batch()?;
-                    self.ring.submit()?;
+                    self.submit_now()?;
                     // Keep the transmit-timestamp ring drained during a long
                     // turn too: a full completion queue stops the kernel's
                     // command, leaving timestamps in the socket's error queue.
@@ -299,6 +479,11 @@ impl Worker {
             self.cqes = cqes;
             self.bufs.publish();
             self.flush_batch()?;
+            for i in 0..self.sockets.len() {
+                if self.sockets[i].needs_arm {
+                    self.arm_recv(i)?;
+                }
+            }
             add(&self.cfg.stats.ring_enters, self.ring.enters);
             self.ring.enters = 0;
             if last_watch.elapsed() >= watchdog_interval {
@@ -312,7 +497,6 @@ impl Worker {
                 self.tick(last_tick);
             }
         }
-        self.shutdown();
         Ok(())
     }
 
@@ -348,9 +532,10 @@ impl Worker {
         }
         if kind == KIND_CANCEL && c.result == -libc::ENOENT {
             // The watchdog's cancel found no command in flight: arm one.
-            tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0))?;
-            tx.submit()?;
-            return Ok(());
+            let r = tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0));
+            self.tolerate(r)?;
+            let r = tx.submit();
+            return self.tolerate(r);
         }
         if kind != KIND_TXTS {
             return Ok(());
@@ -366,8 +551,11 @@ impl Worker {
             );
         }
         if !c.more() && c.result != -libc::EINVAL {
-            tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0))?;
-            tx.submit()?;
+            // (Not re-armed when it cannot be queued: the watchdog restarts it.)
+            let r = tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0));
+            self.tolerate(r)?;
+            let r = tx.submit();
+            self.tolerate(r)?;
         }
         Ok(())
     }
@@ -375,11 +563,19 @@ impl Worker {
     /// The served time now: `CLOCK_REALTIME`, or the PHC's time for `--reference phc`.
     #[inline]
     fn served_now(&self) -> NtpTimestamp {
+        self.served_now_and_raw().0
+    }
+
+    /// [`Worker::served_now`], and the `CLOCK_REALTIME` reading it came from.
+    #[inline]
+    fn served_now_and_raw(&self) -> (NtpTimestamp, (i64, u32)) {
         let t = realtime::now_unix();
-        self.cfg
+        let served = self
+            .cfg
             .domains
             .system_to_served(t)
-            .unwrap_or_else(|| NtpTimestamp::from_unix(t.0, t.1))
+            .unwrap_or_else(|| NtpTimestamp::from_unix(t.0, t.1));
+        (served, t)
     }
 
     fn dispatch(&mut self, c: &Cqe, wake: NtpTimestamp) -> std::io::Result<()> {
@@ -397,10 +593,17 @@ impl Worker {
                 } else if c.result != -libc::ECANCELED {
                     // (ECANCELED: the watchdog cancelled a stalled receive.)
                     bump(&self.cfg.stats.recv_errors);
-                    if c.result == -libc::EINVAL {
-                        return Err(std::io::Error::other(
-                            "multishot recvmsg refused (EINVAL): this server needs Linux 6.0 or newer",
-                        ));
+                    let s = &self.cfg.stats;
+                    match -c.result {
+                        libc::EINVAL => {
+                            return Err(std::io::Error::other(
+                                "multishot recvmsg refused (EINVAL): this server needs Linux 6.0 or newer",
+                            ));
+                        }
+                        // Every receive buffer in use: the receive ends
+                        // (re-armed below, buffers come back this turn).
+                        libc::ENOBUFS => self.note_error(&s.recv_enobufs, "receive", -c.result),
+                        errno => self.note_error(&s.recv_other, "receive", errno),
                     }
                 }
                 if !c.more() && socket < self.sockets.len() {
@@ -414,8 +617,15 @@ impl Worker {
                     // A completion for a slot not in flight: seen twice.
                     bump(&self.cfg.stats.stale_completions);
                 } else if c.result < 0 {
-                    bump(&self.cfg.stats.send_errors);
-                    tracing::debug!(worker = self.cfg.id, errno = -c.result, "send failed");
+                    let s = &self.cfg.stats;
+                    bump(&s.send_errors);
+                    let counter = match SendError::of(c.result) {
+                        SendError::NoBufs => &s.send_enobufs,
+                        SendError::Perm => &s.send_eperm,
+                        SendError::Again => &s.send_eagain,
+                        SendError::Other => &s.send_other,
+                    };
+                    self.note_error(counter, "send", -c.result);
                 } else {
                     let s = &self.cfg.stats;
                     match self
@@ -441,7 +651,8 @@ impl Worker {
                 self.drain_error_queue(socket);
                 let fd = self.sockets[socket].fd;
                 if !c.more() {
-                    self.ring.arm_poll_err(fd, tag(KIND_POLLERR, socket, 0))?;
+                    let r = self.ring.arm_poll_err(fd, tag(KIND_POLLERR, socket, 0));
+                    self.tolerate(r)?;
                 }
             }
             _ => {}
@@ -468,6 +679,20 @@ impl Worker {
             return;
         };
         let meta = parse_rx_control(msg.control);
+        if let Some(total) = meta.socket_drops {
+            let sock = &mut self.sockets[socket];
+            add(
+                &stats.socket_overflow,
+                u64::from(overflow_delta(sock.drops_seen, total)),
+            );
+            sock.drops_seen = total;
+        }
+        if let IpAddr::V4(ip) = source.ip() {
+            if self.broadcasts.contains(ip) {
+                bump(&stats.drops[DropReason::BadSource as usize]);
+                return;
+            }
+        }
         let domains = &self.cfg.domains;
         let hw = match (self.cfg.rx, meta.hardware) {
             (RxTimestamps::Kernel, Some(hw)) => {
@@ -483,6 +708,29 @@ impl Worker {
             ),
             _ => None,
         };
+        // How long the request waited in the socket: from its kernel
+        // (CLOCK_REALTIME) or NIC (served time) receive stamp to now, each in
+        // its own clock domain.
+        let max_age = self.cfg.guards.max_request_age_ns;
+        let stale = max_age != 0
+            && match (self.cfg.rx, meta.software, hw) {
+                (RxTimestamps::Kernel, Some(t), _) => {
+                    is_stale(t.as_nanos(), self.handled_ns, max_age)
+                }
+                (_, _, Some(t)) => {
+                    let now = self.handled_ns;
+                    let secs = now.div_euclid(1_000_000_000) as i64;
+                    let nanos = now.rem_euclid(1_000_000_000) as u32;
+                    domains
+                        .system_to_served((secs, nanos))
+                        .is_some_and(|now| now.diff_nanos(t) > max_age as i64)
+                }
+                _ => false,
+            };
+        if stale {
+            bump(&stats.stale_requests);
+            return;
+        }
         let receive_time = if let Some(t) = hw {
             bump(&stats.rx_ts_hardware);
             t
@@ -614,12 +862,20 @@ impl Worker {
                 }
             }
             let fd = self.sockets[q.socket].fd;
-            self.ring.push_send(
+            let pushed = self.ring.push_send(
                 fd,
                 &mut self.slots,
                 q.slot,
                 tag(KIND_SEND, q.socket, u64::from(q.slot)),
-            )?;
+            );
+            if pushed.is_err() {
+                // Not queued: the reply is dropped, its slot free again.
+                self.slots.release(q.slot);
+                if let Err(e) = self.tolerate(pushed) {
+                    self.batch.clear();
+                    return Err(e);
+                }
+            }
         }
         self.batch.clear();
         Ok(())
@@ -690,8 +946,10 @@ impl Worker {
     /// the cancel's, when none was in flight) re-arms it.
     fn recover_receive(&mut self, socket: usize) -> std::io::Result<()> {
         self.note_stall("receive", socket, &self.cfg.stats.recv_stalls);
-        self.ring
-            .cancel(tag(KIND_RECV, socket, 0), tag(KIND_CANCEL, socket, 0))
+        let r = self
+            .ring
+            .cancel(tag(KIND_RECV, socket, 0), tag(KIND_CANCEL, socket, 0));
+        self.tolerate(r)
     }
 
     /// Read the socket's error queue directly (every entry, timestamps matched
@@ -703,9 +961,12 @@ impl Worker {
             &self.cfg.stats.tx_ts_stalls,
         );
         self.drain_error_queue(socket);
-        if let Some(tx) = &mut self.tx_ring {
-            tx.cancel(tag(KIND_TXTS, socket, 0), tag(KIND_CANCEL, socket, 0))?;
-            tx.submit()?;
+        if let Some(mut tx) = self.tx_ring.take() {
+            let r = tx
+                .cancel(tag(KIND_TXTS, socket, 0), tag(KIND_CANCEL, socket, 0))
+                .and_then(|()| tx.submit().map(drop));
+            self.tx_ring = Some(tx);
+            self.tolerate(r)?;
         }
         Ok(())
     }
@@ -713,6 +974,7 @@ impl Worker {
     /// Once a second: count as missed the transmit timestamps that did not
     /// come in time, and refit the send latency's growth along a batch.
     fn tick(&mut self, now: Instant) {
+        self.broadcasts.refresh(&self.cfg.guards.broadcasts.get());
         for sock in &mut self.sockets {
             add(&self.cfg.stats.tx_ts_missed, sock.pending.sweep(now));
             sock.latency.refit();
@@ -786,6 +1048,11 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
     if let (true, Some(t)) = (sent.interleave, &cfg.table) {
         t.update(sent.served_receive, exact.with_even_low_bit());
     }
+}
+
+/// A `(seconds, nanoseconds)` reading as nanoseconds.
+fn unix_ns(t: (i64, u32)) -> i128 {
+    i128::from(t.0) * 1_000_000_000 + i128::from(t.1)
 }
 
 fn pin_to_cpu(cpu: usize) {
@@ -900,6 +1167,7 @@ mod tests {
             domains: TimeDomains::system(),
             ring: RingConfig::default(),
             cpu: None,
+            guards: Default::default(),
         };
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
@@ -939,5 +1207,302 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         worker.join().unwrap().unwrap();
         eprintln!("{}", stats.snapshot().summary());
+    }
+
+    /// A worker on a loopback socket with kernel receive stamps, run by the
+    /// supervisor on a thread whose rings take their faults from `faults`.
+    struct Harness {
+        local: SocketAddr,
+        stats: Arc<WorkerStats>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Harness {
+        fn start(faults: &crate::net::uring::faults::Injector, ring: RingConfig) -> Harness {
+            let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).unwrap();
+            enable_timestamping(
+                fd.as_fd(),
+                &TimestampingConfig {
+                    rx_software: true,
+                    ..TimestampingConfig::default()
+                },
+            )
+            .unwrap();
+            let local = local_addr(fd.as_fd()).unwrap();
+            let stats = Arc::new(WorkerStats::default());
+            let stop = Arc::new(AtomicBool::new(false));
+            let cfg = WorkerConfig {
+                id: 0,
+                sockets: vec![WorkerSocket { fd, local }],
+                state: Arc::new(StateCell::new(ServerState::local_stratum1(
+                    -20,
+                    NtpShort(1),
+                    NtpTimestamp(1 << 40),
+                ))),
+                table: None,
+                stats: stats.clone(),
+                stop: stop.clone(),
+                tx_mode: TxTimestampMode::Off,
+                tx_hardware: false,
+                explicit_tx_key: false,
+                rx: RxTimestamps::Kernel,
+                compensate_send_latency: false,
+                domains: TimeDomains::system(),
+                ring,
+                cpu: None,
+                guards: Guards::default(),
+            };
+            let faults = faults.clone();
+            let (ready_tx, ready) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                crate::net::uring::faults::install(&faults);
+                crate::server::restart::supervise(cfg, |r| ready_tx.send(r).unwrap());
+            });
+            ready.recv().unwrap().unwrap();
+            Harness {
+                local,
+                stats,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        fn client(&self, timeout_ms: u64) -> UdpSocket {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(timeout_ms)))
+                .unwrap();
+            c
+        }
+
+        /// Answered within 3 s (a few tries: a fault may eat one reply).
+        fn answers(&self) -> bool {
+            let c = self.client(1000);
+            (0..3).any(|i| ask(&c, self.local, 0, 0x1000 + i))
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    /// Each run-time error a worker can meet, injected through the ring's
+    /// fault seam: counted by kind, and the worker answers afterwards; the
+    /// unrecoverable ones restart the worker (same socket, new ring).
+    #[test]
+    fn every_injected_error_is_survived() {
+        use crate::net::uring::faults::Injector;
+        let faults = Injector::default();
+        let h = Harness::start(&faults, RingConfig::default());
+        assert!(h.answers(), "answers before any fault");
+        let snap = || h.stats.snapshot();
+        let kind_mask = 0xffu64 << KIND_SHIFT;
+        type Inject = Box<dyn Fn(&Injector)>;
+        type Counter = fn(&crate::server::stats::StatsSnapshot) -> u64;
+        let cases: Vec<(&str, Inject, Counter)> = vec![
+            (
+                "EINTR on enter",
+                Box::new(|f| f.fail_enter(libc::EINTR)),
+                |s| s.enter_eintr,
+            ),
+            (
+                "EAGAIN on enter",
+                Box::new(|f| f.fail_enter(libc::EAGAIN)),
+                |s| s.enter_eagain,
+            ),
+            (
+                "EBUSY on enter",
+                Box::new(|f| f.fail_enter(libc::EBUSY)),
+                |s| s.enter_ebusy,
+            ),
+            (
+                "ENOBUFS on a send",
+                Box::new(move |f| f.rewrite(kind_mask, KIND_SEND << KIND_SHIFT, -libc::ENOBUFS)),
+                |s| s.send_enobufs,
+            ),
+            (
+                "EPERM on a send",
+                Box::new(move |f| f.rewrite(kind_mask, KIND_SEND << KIND_SHIFT, -libc::EPERM)),
+                |s| s.send_eperm,
+            ),
+            (
+                "EAGAIN on a send",
+                Box::new(move |f| f.rewrite(kind_mask, KIND_SEND << KIND_SHIFT, -libc::EAGAIN)),
+                |s| s.send_eagain,
+            ),
+            (
+                "EHOSTUNREACH on a send",
+                Box::new(move |f| {
+                    f.rewrite(kind_mask, KIND_SEND << KIND_SHIFT, -libc::EHOSTUNREACH)
+                }),
+                |s| s.send_other,
+            ),
+            (
+                "a multishot receive ended by ENOBUFS",
+                Box::new(|f| {
+                    f.complete(Cqe {
+                        user_data: tag(KIND_RECV, 0, 0),
+                        result: -libc::ENOBUFS,
+                        flags: 0,
+                        extra: [0; 2],
+                    })
+                }),
+                |s| s.recv_enobufs,
+            ),
+            (
+                "a multishot receive ended by another error",
+                Box::new(|f| {
+                    f.complete(Cqe {
+                        user_data: tag(KIND_RECV, 0, 0),
+                        result: -libc::ENOMEM,
+                        flags: 0,
+                        extra: [0; 2],
+                    })
+                }),
+                |s| s.recv_other,
+            ),
+            (
+                "a multishot receive cancelled",
+                Box::new(|f| {
+                    f.complete(Cqe {
+                        user_data: tag(KIND_RECV, 0, 0),
+                        result: -libc::ECANCELED,
+                        flags: 0,
+                        extra: [0; 2],
+                    })
+                }),
+                |s| s.recv_rearms,
+            ),
+            (
+                "a full submission queue",
+                Box::new(|f| f.fail_push()),
+                |s| s.sq_full,
+            ),
+            (
+                "completions held back (CQ overflow)",
+                Box::new(|f| f.overflow(true, 0)),
+                |s| s.cq_overflow,
+            ),
+            // The unrecoverable ones: the worker is restarted.
+            (
+                "completions dropped (cq.overflow grew)",
+                Box::new(|f| f.overflow(false, 3)),
+                |s| s.restarts,
+            ),
+            (
+                "EBADR on enter",
+                Box::new(|f| f.fail_enter(libc::EBADR)),
+                |s| s.restarts,
+            ),
+            (
+                "EBADF on enter",
+                Box::new(|f| f.fail_enter(libc::EBADF)),
+                |s| s.restarts,
+            ),
+        ];
+        for (what, inject, counter) in cases {
+            let before = counter(&snap());
+            inject(&faults);
+            // The worker wakes at least every watchdog interval; a request
+            // makes it use the fault now (a send fault needs a reply).
+            let c = h.client(300);
+            let _ = ask(&c, h.local, 0, 0x42);
+            wait_until(what, || faults.used_up() && counter(&snap()) > before);
+            assert!(
+                h.answers(),
+                "{what}: no answer afterwards; {}",
+                snap().summary()
+            );
+            assert_eq!(counter(&snap()), before + 1, "{what}: counted once");
+        }
+        let s = snap();
+        assert_eq!(s.restarts, 3, "{}", s.summary());
+        assert_eq!(s.cq_dropped, 3 + 1, "3 reported dropped, then EBADR");
+        assert_eq!(s.enter_fatal, 1);
+        assert_eq!(s.send_errors, 4);
+        eprintln!("{}", s.summary());
+    }
+
+    /// A real exhaustion of the provided receive buffers: with two buffers
+    /// and bursts of requests, the kernel ends the multishot receive with
+    /// ENOBUFS; the worker counts it, re-arms, and answers afterwards.
+    #[test]
+    fn receive_buffer_exhaustion_is_survived() {
+        let faults = crate::net::uring::faults::Injector::default();
+        let h = Harness::start(
+            &faults,
+            RingConfig {
+                recv_buffers: 2,
+                ..RingConfig::default()
+            },
+        );
+        assert!(h.answers());
+        let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut req = [0u8; 48];
+        req[0] = (4 << 3) | 3;
+        // Bounded: at most 20 bursts of 500 datagrams.
+        for _ in 0..20 {
+            for _ in 0..500 {
+                let _ = flood.send_to(&req, h.local);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            if h.stats.snapshot().recv_enobufs > 0 {
+                break;
+            }
+        }
+        let s = h.stats.snapshot();
+        assert!(
+            s.recv_enobufs > 0,
+            "no ENOBUFS with 2 buffers: {}",
+            s.summary()
+        );
+        assert!(s.recv_rearms >= s.recv_enobufs, "{}", s.summary());
+        assert!(h.answers(), "{}", h.stats.snapshot().summary());
+        assert_eq!(h.stats.snapshot().restarts, 0);
+    }
+
+    /// A real completion-queue overflow: a 64-entry completion queue and
+    /// bursts of requests make the kernel hold completions back; the worker
+    /// counts it, reaps them, and answers afterwards without a restart.
+    #[test]
+    fn completion_queue_overflow_is_survived() {
+        let faults = crate::net::uring::faults::Injector::default();
+        let h = Harness::start(
+            &faults,
+            RingConfig {
+                sq_entries: 32,
+                cq_entries: SEND_BATCH as u32,
+                ..RingConfig::default()
+            },
+        );
+        assert!(h.answers());
+        let flood = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut req = [0u8; 48];
+        req[0] = (4 << 3) | 3;
+        // Bounded: at most 20 bursts of 1000 datagrams.
+        for _ in 0..20 {
+            for _ in 0..1000 {
+                let _ = flood.send_to(&req, h.local);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            if h.stats.snapshot().cq_overflow > 0 {
+                break;
+            }
+        }
+        let s = h.stats.snapshot();
+        assert!(
+            s.cq_overflow > 0,
+            "no overflow with 64 entries: {}",
+            s.summary()
+        );
+        assert!(h.answers(), "{}", h.stats.snapshot().summary());
+        let s = h.stats.snapshot();
+        assert_eq!((s.restarts, s.cq_dropped), (0, 0), "{}", s.summary());
+        eprintln!("{}", s.summary());
     }
 }

@@ -26,7 +26,14 @@
 #   HWNTPD                 the hwntpd binary              default target/release/hwntpd
 #   HWNTPD_ARGS            extra hwntpd arguments (e.g. "--batch-wait-us 30")  default none
 #                          SERVERS may also name hwntpd-xl: hwntpd again, with the
-#                          generator speaking interleaved mode (kernel TX timestamps)
+#                          generator speaking interleaved mode (kernel TX timestamps),
+#                          and hwntpd-policy: hwntpd with an access list of 1000 prefixes
+#                          and rate limiting on (interval -10, burst 255: 1024 replies/s
+#                          per source address, so give CLIENTS >= SOURCES >= the highest
+#                          rate / 1000 to keep the generator within it), compared with hwntpd
+#   SOURCES                the generator's client sockets are spread over this many
+#                          source addresses (198.18.1.0/24, routed to the generator's
+#                          namespace), for every server     default 256
 #   HWNTPD_SYSCALL_METRIC, HWNTPD_REPLY_METRIC  counters in hwntpd's stats file
 #   RT=1                   run server and generator as SCHED_FIFO (chrt -f 10): less noise
 #                          from other load on a shared machine (the kernel still keeps 5%
@@ -51,6 +58,7 @@ SERVER_CPU=${SERVER_CPU:-1}
 GEN_CPU=${GEN_CPU:-0}
 HWNTPD_WORKERS=${HWNTPD_WORKERS:-1}
 HWNTPD_ARGS=${HWNTPD_ARGS:-}
+SOURCES=${SOURCES:-256}
 HWNTPD_SYSCALL_METRIC=${HWNTPD_SYSCALL_METRIC:-hwntpd_syscalls_total}
 HWNTPD_REPLY_METRIC=${HWNTPD_REPLY_METRIC:-hwntpd_replies_total}
 BUILD=${BUILD:-1}
@@ -92,6 +100,33 @@ log "results in $OUT"
 
 # --- namespaces -------------------------------------------------------------
 make_veth_pair "$NS_SRV" "$NS_CLI" "$VETH_SRV" "$VETH_CLI" "$SRV_IP" "$CLI_IP"
+# The generator's extra source addresses: any of 198.18.1.0/24 is local in its
+# namespace (a local route), and the server routes them back over the veth.
+SOURCE_ARGS=()
+if [ "$SOURCES" -gt 1 ]; then
+    [ "$SOURCES" -le 256 ] || die "SOURCES must be at most 256"
+    ip -n "$NS_CLI" route add local 198.18.1.0/24 dev lo
+    ip -n "$NS_SRV" route add 198.18.1.0/24 via "$CLI_IP"
+    SOURCE_ARGS=(--bind 198.18.1.0 --sources "$SOURCES")
+fi
+# The access list of hwntpd-policy: 1000 prefixes, the generator's allowed.
+policy_args() {
+    python3 - <<'PY'
+import random
+r = random.Random(9)
+args = ["--allow", "198.18.0.0/15"]
+while len(args) < 2000:
+    if r.random() < 0.8:
+        n = r.randint(8, 32)
+        a = (10 << 24 | r.getrandbits(24)) & (0xffffffff << (32 - n)) & 0xffffffff
+        p = f"{a >> 24}.{a >> 16 & 255}.{a >> 8 & 255}.{a & 255}/{n}"
+    else:
+        n = r.randint(32, 64)
+        p = f"2001:db8:{r.getrandbits(16):x}:{r.getrandbits(16):x}::/{n}"
+    args += ["--allow" if r.random() < 0.5 else "--deny", p]
+print(" ".join(args) + " --rate-limit --rate-limit-interval -10 --rate-limit-burst 255")
+PY
+}
 
 # in_srv runs in the background (`in_srv ... &`): exec, so that $! is the server's own pid
 # (ip netns exec and taskset exec in turn).
@@ -114,12 +149,14 @@ start_server() {
         STATS_ARGS=(--server-stats "$OUT/floor.prom" --syscall-metric floor_syscalls_total
             --reply-metric floor_replies_total)
         ;;
-    hwntpd|hwntpd-xl)
+    hwntpd|hwntpd-xl|hwntpd-policy)
         if [ ! -x "$HWNTPD" ]; then log "hwntpd: $HWNTPD not built, skipped"; return 1; fi
+        local extra=""
+        if [ "$name" = hwntpd-policy ]; then extra=$(policy_args); fi
         # --stats-interval 1: the generator reads the counters at each step's ends.
-        # shellcheck disable=SC2086 # HWNTPD_ARGS is a list of words
+        # shellcheck disable=SC2086 # HWNTPD_ARGS and extra are lists of words
         in_srv "$HWNTPD" --listen "$SRV_IP:$PORT" --reference local --workers "$HWNTPD_WORKERS" \
-            --stats-interval 1 --stats-file "$OUT/$name.prom" $HWNTPD_ARGS >"$OUT/$name.log" 2>&1 &
+            --stats-interval 1 --stats-file "$OUT/$name.prom" $HWNTPD_ARGS $extra >"$OUT/$name.log" 2>&1 &
         SRV_PID=$!
         STATS_ARGS=(--server-stats "$OUT/$name.prom" --syscall-metric "$HWNTPD_SYSCALL_METRIC"
             --reply-metric "$HWNTPD_REPLY_METRIC")
@@ -160,7 +197,7 @@ strace_check() {
     sleep 0.5
     in_cli "$BENCH" load --server "$SRV_IP:$PORT" --rate "$STRACE_RATE" --duration "$STRACE_SECS" \
         --clients "$CLIENTS" --batch "$BATCH" --json --stop-after-fail 0 "${LOAD_ARGS[@]}" \
-        >"$OUT/$name.strace-load.txt" 2>&1 || true
+        "${SOURCE_ARGS[@]}" >"$OUT/$name.strace-load.txt" 2>&1 || true
     kill -INT "$STRACE_PID" 2>/dev/null || true
     wait "$STRACE_PID" 2>/dev/null || true
     STRACE_PID=
@@ -185,7 +222,7 @@ for name in $SERVERS; do
     snapshot "$name" 0
     rss "$name" 0
     in_cli "$BENCH" load --server "$SRV_IP:$PORT" --sweep "$SWEEP" --duration "$STEP_SECS" \
-        --clients "$CLIENTS" --batch "$BATCH" --threshold "$THRESHOLD" "${LOAD_ARGS[@]}" \
+        --clients "$CLIENTS" --batch "$BATCH" --threshold "$THRESHOLD" "${LOAD_ARGS[@]}" "${SOURCE_ARGS[@]}" \
         --stop-after-fail "$STOP_AFTER_FAIL" --json --server-pid "$SRV_PID" "${STATS_ARGS[@]}" \
         >"$OUT/$name.load.txt" 2>&1 || log "$name: load generator failed (see $OUT/$name.load.txt)"
     snapshot "$name" 1
@@ -376,5 +413,26 @@ if "chronyd" in runs:
               f"passing rates{' (missed: ' + ', '.join(f'{r:.0f}' for r in miss) + ')' if miss else ''}; "
               f"p99 turnaround / chronyd's: median {fmt(med)} (range {fmt(ratios[0] if ratios else None)}"
               f"..{fmt(ratios[-1] if ratios else None)})")
+if "hwntpd" in runs and "hwntpd-policy" in runs:
+    print()
+    print("== access list (1000 prefixes) and rate limiting on vs off, CPU us per reply")
+    # Steps answered >= THRESHOLD by both (a generator that fell behind the
+    # offered rate still measures the server's cost per reply).
+    ans = lambda s: s["answered"] >= threshold and s["cpu_us_per_reply"]
+    base = {s["rate"]: s for s in runs["hwntpd"] if ans(s)}
+    diffs = []
+    for s in runs["hwntpd-policy"]:
+        b = base.get(s["rate"])
+        if b and ans(s):
+            d = s["cpu_us_per_reply"] - b["cpu_us_per_reply"]
+            diffs.append((d, s["rate"], b["cpu_us_per_reply"], s["cpu_us_per_reply"]))
+            print(f"{s['rate']:>9.0f}   off {b['cpu_us_per_reply']:6.2f}   on {s['cpu_us_per_reply']:6.2f}"
+                  f"   difference {d:+6.2f} ({100 * d / b['cpu_us_per_reply']:+.1f}%)")
+    if diffs:
+        diffs.sort()
+        d, r, b, p = diffs[len(diffs) // 2]
+        print(f"median difference {d:+.2f} us/reply ({100 * d / b:+.1f}%) over {len(diffs)} rate(s) both answered")
+    else:
+        print("no rate answered by both")
 print(f"\nraw results: {out}")
 PY

@@ -38,6 +38,15 @@ pub enum OnOffArg {
     Off,
 }
 
+/// What refused sources get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DenyActionArg {
+    /// A DENY Kiss-o'-Death, at most one per source per 4 s.
+    Kod,
+    /// Silence.
+    Ignore,
+}
+
 /// Where the served time and its claims come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReferenceArg {
@@ -186,9 +195,67 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnUnsyncArg::Serve)]
     pub on_unsync: OnUnsyncArg,
 
-    /// Entries of the interleaved-mode table (16 octets each; 0 turns interleaved mode off).
-    #[arg(long, default_value_t = 65536, value_name = "N")]
+    /// Entries of the interleaved-mode table (24 octets each; 0 turns interleaved
+    /// mode off). The default (4 Mi, 96 MiB) keeps the entries of a million
+    /// clients polling every 64 s (16k interleaved requests/s) with 3/4 of the
+    /// table to spare; give 256 x the interleaved request rate for more.
+    #[arg(long, default_value_t = 1 << 22, value_name = "N")]
     pub interleave_entries: usize,
+
+    /// Serve this prefix (CIDR, IPv4 or IPv6; repeatable). With any --allow,
+    /// sources no rule covers are refused. The longest matching prefix decides.
+    #[arg(long = "allow", value_name = "CIDR", value_parser = crate::policy::acl::parse_cidr)]
+    pub allow: Vec<crate::policy::acl::Cidr>,
+
+    /// Refuse this prefix (CIDR, IPv4 or IPv6; repeatable). The longest
+    /// matching prefix decides; on a tie with --allow, deny wins.
+    #[arg(long = "deny", value_name = "CIDR", value_parser = crate::policy::acl::parse_cidr)]
+    pub deny: Vec<crate::policy::acl::Cidr>,
+
+    /// What refused sources get: a DENY KoD (at most one per source per 4 s,
+    /// silence otherwise) or silence.
+    #[arg(long, value_enum, default_value_t = DenyActionArg::Kod)]
+    pub deny_action: DenyActionArg,
+
+    /// Turn on per-client rate limiting (chrony's defaults: interval 3, burst 8, leak 2).
+    #[arg(long)]
+    pub rate_limit: bool,
+
+    /// log2 of the average spacing in seconds allowed between replies to one
+    /// client (-10..12; default 3: one per 8 s). Implies --rate-limit.
+    #[arg(long, value_name = "N", allow_hyphen_values = true,
+          value_parser = crate::policy::ratelimit::parse_interval)]
+    pub rate_limit_interval: Option<i8>,
+
+    /// Replies a client may get in a burst (1..255; default 8). Implies --rate-limit.
+    #[arg(long, value_name = "N", value_parser = crate::policy::ratelimit::parse_burst)]
+    pub rate_limit_burst: Option<u8>,
+
+    /// Answer one in 2^N over-limit requests anyway (1..4; default 2), so a
+    /// source an attacker spoofs is never locked out. Implies --rate-limit.
+    #[arg(long, value_name = "N", value_parser = crate::policy::ratelimit::parse_leak)]
+    pub rate_limit_leak: Option<u8>,
+
+    /// Send an over-limit client a RATE KoD, at most once per interval (and
+    /// per 4 s). "off": silence only.
+    #[arg(long, value_enum, default_value_t = OnOffArg::On)]
+    pub rate_limit_kod: OnOffArg,
+
+    /// IPv4 clients are limited per prefix of this length (0..32; IPv4-mapped
+    /// IPv6 counts as IPv4).
+    #[arg(long, value_name = "LEN", default_value_t = 32, value_parser = clap::value_parser!(u8).range(0..=32))]
+    pub rate_limit_prefix_v4: u8,
+
+    /// IPv6 clients are limited per prefix of this length (0..128).
+    #[arg(long, value_name = "LEN", default_value_t = 64, value_parser = clap::value_parser!(u8).range(0..=128))]
+    pub rate_limit_prefix_v6: u8,
+
+    /// Records of the client table shared by all workers (24 octets each,
+    /// rounded up to a power of two; the idlest record of a full bucket is
+    /// replaced). Holds the rate-limit state and the per-source allowance of
+    /// interleaved-mode entries.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(8..=(1 << 26)))]
+    pub client_table_entries: u64,
 
     /// Basic replies: add the smallest recently measured send latency (kernel or
     /// NIC transmit timestamp minus the pre-send clock reading, sampled at most
@@ -252,6 +319,55 @@ impl Args {
         } else {
             self.listen.clone()
         }
+    }
+
+    /// Whether rate limiting is on: `--rate-limit`, or any of its interval,
+    /// burst or leak given.
+    pub fn rate_limit_on(&self) -> bool {
+        self.rate_limit
+            || self.rate_limit_interval.is_some()
+            || self.rate_limit_burst.is_some()
+            || self.rate_limit_leak.is_some()
+    }
+
+    /// The access list and rate limit the command line asks for.
+    pub fn policy(&self) -> Result<crate::policy::Policy, String> {
+        use crate::policy::acl::{AccessList, Action, Rule};
+        use crate::policy::ratelimit::{Aggregation, RateLimit};
+        let rules: Vec<Rule> = self
+            .allow
+            .iter()
+            .map(|&cidr| Rule {
+                action: Action::Allow,
+                cidr,
+            })
+            .chain(self.deny.iter().map(|&cidr| Rule {
+                action: Action::Deny,
+                cidr,
+            }))
+            .collect();
+        let d = RateLimit::default();
+        let rate_limit = self.rate_limit_on().then_some(RateLimit {
+            interval: self.rate_limit_interval.unwrap_or(d.interval),
+            burst: self.rate_limit_burst.unwrap_or(d.burst),
+            leak: self.rate_limit_leak.unwrap_or(d.leak),
+            kod: self.rate_limit_kod == OnOffArg::On,
+        });
+        if let Some(r) = &rate_limit {
+            r.validate()?;
+        }
+        Ok(crate::policy::Policy {
+            acl: AccessList::from_rules(&rules)?,
+            deny_action: match self.deny_action {
+                DenyActionArg::Kod => crate::policy::DenyAction::Kod,
+                DenyActionArg::Ignore => crate::policy::DenyAction::Ignore,
+            },
+            rate_limit,
+            aggregation: Aggregation {
+                v4: self.rate_limit_prefix_v4,
+                v6: self.rate_limit_prefix_v6,
+            },
+        })
     }
 
     /// The worker count, with the default (one per CPU) applied.
@@ -326,6 +442,50 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.listen_addrs().len(), 2);
+    }
+
+    #[test]
+    fn policy_flags() {
+        let a = Args::try_parse_from(["hwntpd"]).unwrap();
+        let p = a.policy().unwrap();
+        assert!(p.rate_limit.is_none() && p.acl.is_empty());
+        let a = Args::try_parse_from([
+            "hwntpd",
+            "--rate-limit",
+            "--allow",
+            "10.0.0.0/8",
+            "--deny",
+            "10.0.0.1",
+            "--allow",
+            "2001:db8::/32",
+            "--deny-action",
+            "ignore",
+        ])
+        .unwrap();
+        let p = a.policy().unwrap();
+        let r = p.rate_limit.unwrap();
+        assert_eq!((r.interval, r.burst, r.leak, r.kod), (3, 8, 2, true));
+        assert_eq!(p.acl.len(), 3);
+        assert!(!p.acl.allows("10.0.0.1".parse().unwrap()));
+        assert!(p.acl.allows("10.0.0.2".parse().unwrap()));
+        assert_eq!(p.deny_action, crate::policy::DenyAction::Ignore);
+        let a = Args::try_parse_from(["hwntpd", "--rate-limit-interval", "-4"]).unwrap();
+        assert_eq!(a.policy().unwrap().rate_limit.unwrap().interval, -4);
+        for bad in [
+            &["--rate-limit-interval", "-11"][..],
+            &["--rate-limit-interval", "13"],
+            &["--rate-limit-burst", "0"],
+            &["--rate-limit-leak", "5"],
+            &["--rate-limit-prefix-v4", "33"],
+            &["--rate-limit-prefix-v6", "129"],
+            &["--allow", "10.0.0.0/33"],
+            &["--deny", "nonsense"],
+            &["--client-table-entries", "1"],
+        ] {
+            let mut v = vec!["hwntpd"];
+            v.extend_from_slice(bad);
+            assert!(Args::try_parse_from(&v).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

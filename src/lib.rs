@@ -6,6 +6,7 @@
 //! * [`net`]: the Linux layer: sockets, `SO_TIMESTAMPING`, control messages,
 //!   NIC hardware timestamping ioctls.
 //! * [`server`]: workers, each an io_uring event loop, and their statistics.
+//! * [`policy`]: access lists and rate limits (who is served, how often).
 //! * [`sys`]: process credentials (the privilege drop after start-up).
 //! * [`config`]: the command line.
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -14,6 +15,7 @@
 pub mod clock;
 pub mod config;
 pub mod net;
+pub mod policy;
 pub mod protocol;
 pub mod server;
 pub mod sys;

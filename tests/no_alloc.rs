@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 use hwntpd::clock::snapshot::StateCell;
 use hwntpd::net::socket::{bind_udp, enable_timestamping, probe_scm_ts_opt_id, TimestampingConfig};
 use hwntpd::net::uring::{probe_tx_timestamp_command, RingConfig};
+use hwntpd::policy::acl::{AccessList, Action, Cidr, Rule};
+use hwntpd::policy::ratelimit::{RateLimit, MIN_INTERVAL};
+use hwntpd::policy::{Policy, Shared};
 use hwntpd::protocol::packet::Header;
 use hwntpd::protocol::{NtpShort, NtpTimestamp, ServerState};
 use hwntpd::server::interleave::InterleaveTable;
@@ -98,6 +101,11 @@ fn state() -> ServerState {
 /// each request is the receive timestamp the server served last time).
 struct Clients {
     socks: Vec<UdpSocket>,
+    /// With a policy: a source over its rate limit (8 requests a round) and a
+    /// refused one (1 a round), neither waited for.
+    abusers: Vec<(UdpSocket, usize)>,
+    /// Pause after each round (keeps the well-behaved clients within their limit).
+    pace: Duration,
     /// Per socket: the server's last served receive timestamp, and our receive time.
     xleave: Vec<(u64, u64)>,
     counter: u64,
@@ -106,16 +114,37 @@ struct Clients {
 }
 
 impl Clients {
-    fn new(n: usize) -> Clients {
+    /// `n` clients on 127.0.0.1, or (`policy`) each on its own address
+    /// 127.0.0.2.., plus the abusers.
+    fn new(n: usize, policy: bool) -> Clients {
         let socks = (0..n)
-            .map(|_| {
-                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            .map(|i| {
+                let ip = if policy { 2 + i } else { 1 };
+                let s = UdpSocket::bind(format!("127.0.0.{ip}:0")).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 s
             })
             .collect();
+        let abusers = if policy {
+            [("127.0.0.99:0", 8), ("127.0.0.98:0", 1)]
+                .iter()
+                .map(|&(a, n)| {
+                    let s = UdpSocket::bind(a).unwrap();
+                    s.set_nonblocking(true).unwrap();
+                    (s, n)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Clients {
             socks,
+            abusers,
+            pace: if policy {
+                Duration::from_millis(1)
+            } else {
+                Duration::ZERO
+            },
             // An odd origin that matches nothing: asks for a transmit timestamp.
             xleave: vec![(0x0000_0001_0000_0001, 0); n],
             counter: 0,
@@ -142,6 +171,13 @@ impl Clients {
             s.send_to(&req, server).unwrap();
             sent.push(tx);
         }
+        let mut junk = [0u8; 128];
+        for (s, n) in &self.abusers {
+            while s.recv_from(&mut junk).is_ok() {}
+            for _ in 0..*n {
+                s.send_to(&request_bytes(self.counter), server).unwrap();
+            }
+        }
         for (i, s) in self.socks.iter().enumerate() {
             let mut buf = [0u8; 128];
             let (n, _) = loop {
@@ -166,13 +202,64 @@ impl Clients {
                 self.basic += 1;
             }
         }
+        if !self.pace.is_zero() {
+            std::thread::sleep(self.pace);
+        }
+    }
+}
+
+fn request_bytes(counter: u64) -> [u8; 48] {
+    let mut req = [0u8; 48];
+    req[0] = (4 << 3) | 3;
+    req[40..48].copy_from_slice(&(counter << 1).to_be_bytes());
+    req
+}
+
+/// Rate limiting on (per address, fast enough for the paced clients) and an
+/// access list of 1000 prefixes that allows loopback but 127.0.0.98.
+fn busy_policy() -> Policy {
+    let mut rules = vec![
+        Rule {
+            action: Action::Allow,
+            cidr: Cidr::V4(0x7f00_0000, 8),
+        },
+        Rule {
+            action: Action::Deny,
+            cidr: Cidr::V4(0x7f00_0062, 32),
+        },
+    ];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    while rules.len() < 1000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = 8 + (x % 25) as u8;
+        let addr = (0x0a00_0000 | (x >> 40) as u32 & 0x00ff_ffff) & (u32::MAX << (32 - len));
+        let action = if x & 1 == 0 {
+            Action::Allow
+        } else {
+            Action::Deny
+        };
+        rules.push(Rule {
+            action,
+            cidr: Cidr::V4(addr, len),
+        });
+    }
+    Policy {
+        acl: AccessList::from_rules(&rules).unwrap(),
+        rate_limit: Some(RateLimit {
+            interval: MIN_INTERVAL,
+            burst: 255,
+            ..RateLimit::default()
+        }),
+        ..Policy::default()
     }
 }
 
 /// Serve from an in-process worker with `tx_mode`, count the worker thread's
 /// allocations over 400 rounds of 16 requests after a warm-up, and check the
 /// modes were exercised. Returns the allocations counted.
-fn measure(tx_mode: TxTimestampMode) -> u64 {
+fn measure(tx_mode: TxTimestampMode, with_policy: bool) -> u64 {
     let fd = bind_udp("127.0.0.1:0".parse().unwrap(), false).expect("bind loopback");
     let interleave = tx_mode != TxTimestampMode::Off;
     let explicit_tx_key = interleave && probe_scm_ts_opt_id().unwrap_or(false);
@@ -195,6 +282,7 @@ fn measure(tx_mode: TxTimestampMode) -> u64 {
         sockets: vec![WorkerSocket { fd, local }],
         state: Arc::new(StateCell::new(state())),
         table: interleave.then(|| Arc::new(InterleaveTable::new(1 << 12))),
+        policy: with_policy.then(|| Arc::new(Shared::new(busy_policy(), 1 << 12))),
         stats: stats.clone(),
         stop: stop.clone(),
         tx_mode,
@@ -212,7 +300,7 @@ fn measure(tx_mode: TxTimestampMode) -> u64 {
         Worker::new(cfg).expect("worker").run()
     });
 
-    let mut clients = Clients::new(16);
+    let mut clients = Clients::new(16, with_policy);
     // Warm-up: first-use allocations (thread-locals, arc-swap's debt node) happen here.
     for _ in 0..50 {
         clients.round(local);
@@ -241,10 +329,19 @@ fn measure(tx_mode: TxTimestampMode) -> u64 {
     let tx_kernel = end.tx_ts_kernel - warm.tx_ts_kernel;
     let allocs = COUNT.load(Ordering::SeqCst);
     eprintln!(
-        "{tx_mode:?}: {served} replies ({interleaved} interleaved, {tx_kernel} kernel TX stamps) \
+        "{tx_mode:?}{}: {served} replies ({interleaved} interleaved, {tx_kernel} kernel TX stamps) \
          in {elapsed:?}, {allocs} allocations on the worker thread; stats: {}",
+        if with_policy { " + policy" } else { "" },
         end.summary()
     );
+    if with_policy {
+        // Every path of the policy was taken.
+        assert!(end.kod_deny >= 1 && end.kod_rate >= 1, "{}", end.summary());
+        assert!(end.rate_leaked > 0);
+        assert!(end.drops[hwntpd::protocol::server::DropReason::RateLimited as usize] > 0);
+        assert!(end.drops[hwntpd::protocol::server::DropReason::Ignored as usize] > 0);
+        assert!(end.client_inserts >= 17);
+    }
     assert!(served >= rounds * 16, "served {served}");
     if interleave {
         assert!(interleaved >= rounds * 7, "interleaved {interleaved}");
@@ -288,11 +385,15 @@ fn serving_allocates_nothing_per_packet() {
              (Linux 6.15+) is unavailable here"
         );
     }
-    for mode in modes {
-        let allocs = measure(mode);
+    // And with an access list of 1000 prefixes and rate limiting on, in the
+    // best transmit-timestamp mode.
+    let best = *modes.last().unwrap();
+    let runs = modes.into_iter().map(|m| (m, false)).chain([(best, true)]);
+    for (mode, policy) in runs {
+        let allocs = measure(mode, policy);
         if allocs != 0 {
             let bt = FIRST.lock().unwrap().clone().unwrap_or_default();
-            panic!("{mode:?}: {allocs} allocations on the worker thread while serving; first at:\n{bt}");
+            panic!("{mode:?} (policy: {policy}): {allocs} allocations on the worker thread while serving; first at:\n{bt}");
         }
     }
 }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use common::*;
 use hwntpd::sys::privileges::ThreadCreds;
 
@@ -157,7 +158,9 @@ fn metrics_endpoint_and_stats_file_share_one_encoder() {
     assert_eq!(v["hwntpd_workers_alive"], 2.0);
     assert!(v["hwntpd_root_dispersion_seconds"] > 0.0);
     assert!(v["hwntpd_watchdog_checks_total"] > 0.0);
-    assert_eq!(v["hwntpd_interleave_table_entries"], 65536.0);
+    // The default table size (--interleave-entries).
+    let default_entries = hwntpd::config::Args::parse_from(["hwntpd"]).interleave_entries;
+    assert_eq!(v["hwntpd_interleave_table_entries"], default_entries as f64);
     assert_eq!(
         v["hwntpd_reference_info{reference=\"local\",refid=\"LOCL\"}"],
         1.0

@@ -51,6 +51,7 @@ fn reuseport_keeps_each_client_on_one_worker() {
             sockets: vec![WorkerSocket { fd, local: server }],
             state: cell.clone(),
             table: Some(table.clone()),
+            policy: None,
             stats: st,
             stop: stop.clone(),
             tx_mode: TxTimestampMode::Off,

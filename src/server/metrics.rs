@@ -188,6 +188,8 @@ pub struct Exporter {
     pub domains: Option<Arc<TimeDomains>>,
     /// The interleaved-mode table.
     pub table: Option<Arc<InterleaveTable>>,
+    /// The access list, rate limit and client table.
+    pub policy: Option<Arc<crate::policy::Shared>>,
     /// The health verdict.
     pub health: Arc<HealthCell>,
     /// The timestamp sources.
@@ -231,6 +233,20 @@ impl Exporter {
                 "",
                 "Capacity of the interleaved-mode table.",
                 t.capacity() as f64,
+            );
+        }
+        if let Some(p) = &self.policy {
+            f.gauge(
+                "hwntpd_client_table_records",
+                "state=\"used\"",
+                "Client-table records in use, and the table's size.",
+                p.clients.used() as f64,
+            );
+            f.gauge(
+                "hwntpd_client_table_records",
+                "state=\"capacity\"",
+                "Client-table records in use, and the table's size.",
+                p.clients.capacity() as f64,
             );
         }
         self.clock_families(&mut f);

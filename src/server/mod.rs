@@ -184,6 +184,12 @@ pub fn run(args: &Args) -> Result<()> {
             "socket receive buffers"
         );
     }
+    let policy = args.policy().map_err(anyhow::Error::msg)?;
+    let shared = Arc::new(crate::policy::Shared::new(
+        policy,
+        args.client_table_entries as usize,
+    ));
+    log_policy(&shared);
     let table = (args.interleave_entries > 0)
         .then(|| Arc::new(InterleaveTable::new(args.interleave_entries)));
     if let Some(t) = &table {
@@ -232,6 +238,7 @@ pub fn run(args: &Args) -> Result<()> {
             sockets,
             state: cell.clone(),
             table: table.clone(),
+            policy: Some(shared.clone()),
             stats: st,
             stop: stop.clone(),
             tx_mode: plan.tx_mode,
@@ -283,6 +290,7 @@ pub fn run(args: &Args) -> Result<()> {
         reference: reference.kind.to_string(),
         domains: phc_path.is_some().then(|| domains.clone()),
         table: table.clone(),
+        policy: Some(shared.clone()),
         health: health::HealthCell::new(),
         timestamping: plan.summary(),
         start_time: crate::clock::realtime::now_unix().0 as f64,
@@ -351,6 +359,37 @@ fn refresh_broadcasts(into: &resilience::LocalBroadcasts) {
     match crate::net::ifaces::local_broadcasts() {
         Ok(b) => into.set(b),
         Err(e) => tracing::warn!("cannot list the interfaces' broadcast addresses: {e}"),
+    }
+}
+
+/// Say in the log what the access list and rate limit are, and the client
+/// table's memory.
+fn log_policy(shared: &crate::policy::Shared) {
+    let p = shared.load();
+    tracing::info!(
+        entries = shared.clients.capacity(),
+        memory_kib = shared.clients.memory_bytes() / 1024,
+        "client table (rate limits, interleaved-mode entry allowances; shared by all workers)"
+    );
+    match &p.rate_limit {
+        Some(r) => tracing::info!(
+            interval = r.interval,
+            burst = r.burst,
+            leak = r.leak,
+            kod = r.kod,
+            prefix_v4 = p.aggregation.v4,
+            prefix_v6 = p.aggregation.v6,
+            "rate limiting on"
+        ),
+        None => tracing::info!("rate limiting off"),
+    }
+    if !p.acl.is_empty() {
+        tracing::info!(
+            rules = p.acl.len(),
+            memory_kib = p.acl.memory_bytes() / 1024,
+            deny_action = ?p.deny_action,
+            "access list"
+        );
     }
 }
 

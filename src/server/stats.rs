@@ -128,6 +128,13 @@ counters! {
     tx_ts_stalls => "hwntpd_stalls_total", "what=\"tx_timestamps\"", "Times the watchdog found transmit-timestamp collection silent with the error queue not empty, drained it and restarted the collection.";
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
+    kod_rate => "hwntpd_kod_total", "code=\"rate\"", "RATE Kiss-o'-Death replies sent (rate limit).";
+    kod_deny => "hwntpd_kod_total", "code=\"deny\"", "DENY Kiss-o'-Death replies sent (access list).";
+    rate_leaked => "hwntpd_rate_limit_leaked_total", "", "Requests over their rate limit answered anyway (one in 2^leak).";
+    client_inserts => "hwntpd_client_table_records_total", "event=\"inserted\"", "Client-table records made in an empty slot.";
+    client_replacements => "hwntpd_client_table_records_total", "event=\"replaced\"", "Client-table records made in place of the idlest of a full bucket.";
+    interleave_full => "hwntpd_interleave_entries_refused_total", "why=\"bucket_due\"", "Interleaved-mode entries not stored because every slot of their bucket was still due.";
+    interleave_over_limit => "hwntpd_interleave_entries_refused_total", "why=\"over_limit\"", "Interleaved-mode entries not made because the source was over its rate limit or entry allowance.";
     watchdog_checks => "hwntpd_watchdog_checks_total", "", "Socket watchdog checks made by the workers (each worker about every 100 ms, busy or idle: its heartbeat).";
     enter_eintr => "hwntpd_worker_errors_total", "kind=\"enter_eintr\"", "io_uring_enter interrupted by a signal (EINTR); retried.";
     enter_eagain => "hwntpd_worker_errors_total", "kind=\"enter_eagain\"", "io_uring_enter refused for lack of kernel resources (EAGAIN); retried.";
@@ -249,7 +256,7 @@ impl StatsSnapshot {
         format!(
             "received={} replies={} (basic={} interleaved={} kod={}) rx_ts hw/kernel/user={}/{}/{} \
              tx_ts hw/kernel/daemon/missed/late={}/{}/{}/{}/{} send_errors={} queue_full={} truncated={} stalls rx/tx={}/{} errors={} restarts={} \
-             socket_overflow={} stale={} drops={}{}",
+             socket_overflow={} stale={} kod rate/deny={}/{} leaked={} clients replaced={} drops={}{}",
             self.received,
             self.total_replies(),
             self.replies_basic,
@@ -272,6 +279,10 @@ impl StatsSnapshot {
             self.restarts,
             self.socket_overflow,
             self.stale_requests,
+            self.kod_rate,
+            self.kod_deny,
+            self.rate_leaked,
+            self.client_replacements,
             self.total_drops(),
             drops
         )

@@ -388,7 +388,7 @@ mod tests {
             };
             assert!(r1.want_tx_timestamp);
             let pre_send = NtpTimestamp(0x1000_2000);
-            table.insert(r1.served_receive, NtpTimestamp(pre_send.0 | 1));
+            table.insert(r1.served_receive, NtpTimestamp(pre_send.0 | 1), 0, 1 << 20);
             pending.register(
                 0,
                 Sent {

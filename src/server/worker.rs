@@ -24,12 +24,15 @@ use crate::net::socket::readiness;
 use crate::net::uring::{
     BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing, SEND_PAYLOAD_MAX,
 };
+use crate::policy::ratelimit::ticks_from_ntp;
+use crate::policy::{self, PolicyCache};
 use crate::protocol::packet::set_transmit;
 use crate::protocol::server::{
-    respond, Admission, Decision, DropReason, NoInterleave, ReplyKind, RequestContext,
+    classify, respond, Admission, Decision, DropReason, KissCode, NoInterleave, ReplyKind,
+    RequestContext,
 };
 use crate::protocol::NtpTimestamp;
-use crate::server::interleave::InterleaveTable;
+use crate::server::interleave::{due_tick, Insert, InterleaveTable};
 use crate::server::resilience::{
     is_stale, overflow_delta, worth_logging, BroadcastCopy, EnterError, Guards, SendError,
 };
@@ -75,6 +78,9 @@ pub struct WorkerConfig {
     pub state: Arc<StateCell>,
     /// The interleaved-mode table shared by all workers (`None`: interleaved off).
     pub table: Option<Arc<InterleaveTable>>,
+    /// Access list, rate limit and client table shared by all workers
+    /// (`None`: everyone served, interleaved-mode entries for every source).
+    pub policy: Option<Arc<policy::Shared>>,
     /// This worker's counters.
     pub stats: Arc<WorkerStats>,
     /// Set to stop.
@@ -173,6 +179,8 @@ struct Queued {
     want_tx: bool,
     interleave: bool,
     tx_key: u32,
+    /// The request's poll exponent (how long its interleaved entry stays due).
+    poll: i8,
 }
 
 /// What kind of reply a send slot carries, for counting on completion.
@@ -181,7 +189,7 @@ enum SlotKind {
     #[default]
     Basic,
     Interleaved,
-    Kod,
+    Kod(KissCode),
 }
 
 /// A worker that stopped on an error, and its configuration (sockets
@@ -206,6 +214,10 @@ pub struct Worker {
     /// Completions the kernel had dropped at the last look.
     cq_dropped_seen: u32,
     broadcasts: BroadcastCopy,
+    /// This worker's view of the shared policy.
+    policy: Option<PolicyCache>,
+    /// Randomness for the rate limiter's leak.
+    rng: u32,
     cfg: WorkerConfig,
 }
 
@@ -273,6 +285,9 @@ impl Worker {
             handled_ns: 0,
             cq_dropped_seen: 0,
             broadcasts: BroadcastCopy::default(),
+            policy: cfg.policy.as_ref().map(|p| p.cache()),
+            // Any non-zero seed; different per worker and per run.
+            rng: (realtime::now_unix().1 ^ (cfg.id as u32).wrapping_mul(0x9e37_79b9)) | 1,
             cfg,
         };
         w.broadcasts.refresh(&w.cfg.guards.broadcasts.get());
@@ -636,7 +651,14 @@ impl Worker {
                     {
                         SlotKind::Basic => bump(&s.replies_basic),
                         SlotKind::Interleaved => bump(&s.replies_interleaved),
-                        SlotKind::Kod => bump(&s.replies_kod),
+                        SlotKind::Kod(code) => {
+                            bump(&s.replies_kod);
+                            match code {
+                                KissCode::Rate => bump(&s.kod_rate),
+                                KissCode::Deny => bump(&s.kod_deny),
+                                KissCode::Rstr => {}
+                            }
+                        }
                     }
                 }
             }
@@ -741,6 +763,39 @@ impl Worker {
             bump(&stats.rx_ts_user);
             wake
         };
+        // The access list, then the rate limit (SERVER-SPEC's order), for
+        // well-formed requests only: garbage never touches the client table.
+        let mut admission = Admission::Allow;
+        // Whether a reply may make an interleaved-mode entry (None: ask the
+        // per-source allowance if it wants one).
+        let mut entry_ok = None;
+        let now_tick = ticks_from_ntp(wake.to_bits());
+        if let (Some(shared), Some(cache)) = (&self.cfg.policy, &mut self.policy) {
+            let policy = cache.load();
+            if policy::Shared::active(policy) {
+                if let Err(reason) = classify(msg.payload, &source) {
+                    bump(&stats.drops[reason as usize]);
+                    return;
+                }
+                let d = shared.admit(
+                    policy,
+                    source.ip(),
+                    now_tick,
+                    policy::xorshift32(&mut self.rng),
+                );
+                if d.table.inserted {
+                    bump(&stats.client_inserts);
+                }
+                if d.table.replaced {
+                    bump(&stats.client_replacements);
+                }
+                if d.leaked {
+                    bump(&stats.rate_leaked);
+                }
+                admission = d.admission;
+                entry_ok = d.interleave;
+            }
+        }
         let Some(slot) = self.slots.alloc() else {
             bump(&stats.send_queue_full);
             return;
@@ -749,7 +804,7 @@ impl Worker {
             receive_time,
             transmit_time: wake,
             source,
-            admission: Admission::Allow,
+            admission,
             interleave: self.cfg.table.is_some(),
         };
         let state = self.cfg.state.load();
@@ -780,12 +835,34 @@ impl Worker {
                 }
                 (SlotKind::Interleaved, false)
             }
-            ReplyKind::Kod(_) => (SlotKind::Kod, false),
+            ReplyKind::Kod(code) => (SlotKind::Kod(code), false),
         };
         self.slot_kind[usize::from(slot)] = kind;
         let tx_on = self.cfg.tx_mode != TxTimestampMode::Off;
+        let mut interleave = reply.want_tx_timestamp && tx_on;
+        if interleave {
+            // Entries only for sources within their limits (with rate limiting
+            // off: within the per-source entry allowance).
+            let allowed = match (entry_ok, &self.cfg.policy, &mut self.policy) {
+                (Some(ok), _, _) => ok,
+                (None, Some(shared), Some(cache)) => {
+                    let (ok, t) = shared.interleave_allowed(cache.load(), source.ip(), now_tick);
+                    if t.inserted {
+                        bump(&stats.client_inserts);
+                    }
+                    if t.replaced {
+                        bump(&stats.client_replacements);
+                    }
+                    ok
+                }
+                _ => true,
+            };
+            if !allowed {
+                bump(&stats.interleave_over_limit);
+                interleave = false;
+            }
+        }
         let sock = &mut self.sockets[socket];
-        let interleave = reply.want_tx_timestamp && tx_on;
         let calibrate = !interleave
             && patch
             && tx_on
@@ -817,6 +894,7 @@ impl Worker {
             want_tx,
             interleave,
             tx_key,
+            poll: msg.payload.get(2).map_or(0, |&p| p as i8),
         });
     }
 
@@ -827,6 +905,7 @@ impl Worker {
             return Ok(());
         }
         let now = self.served_now();
+        let now_tick = ticks_from_ntp(now.to_bits());
         let sent_at = Instant::now();
         for i in 0..self.batch.len() {
             let q = self.batch[i];
@@ -858,7 +937,11 @@ impl Worker {
                 bump(&self.cfg.stats.tx_ts_requested);
                 if let (true, Some(t)) = (q.interleave, &self.cfg.table) {
                     // Low bit 1: only an estimate until the exact time comes.
-                    t.insert(q.served_receive, NtpTimestamp(transmit.to_bits() | 1));
+                    let due = due_tick(now_tick, q.poll);
+                    let entry = NtpTimestamp(transmit.to_bits() | 1);
+                    if t.insert(q.served_receive, entry, now_tick, due) == Insert::Full {
+                        bump(&self.cfg.stats.interleave_full);
+                    }
                 }
             }
             let fd = self.sockets[q.socket].fd;
@@ -1153,6 +1236,7 @@ mod tests {
                 NtpTimestamp(1 << 40),
             ))),
             table: Some(Arc::new(InterleaveTable::new(1 << 10))),
+            policy: None,
             stats: stats.clone(),
             stop: stop.clone(),
             tx_mode: if uring_cmd {
@@ -1252,6 +1336,7 @@ mod tests {
                 ring,
                 cpu: None,
                 guards: Guards::default(),
+                policy: None,
             };
             let faults = faults.clone();
             let (ready_tx, ready) = std::sync::mpsc::channel();

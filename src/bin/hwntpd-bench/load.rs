@@ -48,6 +48,11 @@ pub struct LoadArgs {
     /// Local address to bind the client sockets to.
     #[arg(long)]
     pub bind: Option<IpAddr>,
+    /// Spread the client sockets over this many consecutive IPv4 source
+    /// addresses from --bind (socket i binds to --bind + i mod N), so a
+    /// per-address rate limit sees N clients. The addresses must be local.
+    #[arg(long, default_value_t = 1, requires = "bind")]
+    pub sources: u32,
     /// Speak interleaved mode (RFC 9769): origin = the last server receive
     /// timestamp seen on that socket.
     #[arg(long)]
@@ -420,6 +425,12 @@ impl<'a> Generator<'a> {
         let epoll = Epoll::new(args.clients).context("epoll_create1")?;
         let mut socks = Vec::with_capacity(args.clients);
         for i in 0..args.clients {
+            let bind_ip = match bind_ip {
+                IpAddr::V4(a) if args.sources > 1 => IpAddr::V4(Ipv4Addr::from(
+                    u32::from(a).wrapping_add(i as u32 % args.sources),
+                )),
+                other => other,
+            };
             let s = UdpSocket::bind(SocketAddr::new(bind_ip, 0))
                 .with_context(|| format!("binding client socket {i} to {bind_ip}"))?;
             s.connect(args.server)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# vm-hwtest.sh: run hwntpd's "real NIC" checks inside a QEMU guest with two emulated
-# Intel igb NICs (PHC, SIOCSHWTSTAMP, hardware TX timestamps). See shared/VM-HWTEST.md.
+# vm-hwtest.sh: run hwntpd's "real NIC" checks inside QEMU guests with two emulated
+# Intel NICs: igb (PHC, SIOCSHWTSTAMP, hardware TX timestamps) and e1000e (accepts
+# hardware timestamping, then delivers none: hwntpd must notice). See shared/VM-HWTEST.md.
 #
 # Usage (as root, from any directory):  bash scripts/vm-hwtest.sh
 #
@@ -12,8 +13,9 @@
 #      scripts/vm/probe (always) and, when asked, hwntpd itself;
 #   3. builds an initramfs: busybox, modules, scripts/vm/init.sh as /init,
 #      scripts/vm/guest-test.sh, the binaries in GUEST_BINARIES below;
-#   4. boots QEMU (TCG, two igb NICs on one hub), prints the guest's CHECK lines and
-#      exits 0 only if the guest printed "VM-HWTEST RESULT: PASS".
+#   4. boots QEMU (TCG, two NICs of one model on one hub) once per model in VM_NICS,
+#      prints the guest's CHECK lines and exits 0 only if every guest printed
+#      "VM-HWTEST RESULT: PASS".
 #
 # Environment knobs:
 #   VM_CACHE=/var/cache/hwntpd-vm  downloads and the extracted kernel (reused across runs)
@@ -25,7 +27,12 @@
 #                                  are copied along when they are dynamic, e.g. chronyd)
 #   VM_TIMEOUT=300                 seconds the guest may run before it is killed
 #   VM_SMP=1 VM_MEM=512            guest vCPUs / MiB
-#   VM_NIC=igb                     NIC model (e1000e works too, but has no TX stamps)
+#   VM_NICS="igb e1000e"           NIC models, one boot each. igb: hardware TX stamps,
+#                                  software RX, a PHC that keeps time. e1000e: accepts
+#                                  rx filter ALL and TX_ON but stamps nothing (RX
+#                                  software only, every TX stamp missed) and its PHC runs
+#                                  2.5x too fast; the guest checks that hwntpd reports
+#                                  both directions degraded. VM_NIC=X is VM_NICS=X.
 #   VM_KEEP=1                      keep the work dir (initramfs, console log) for debugging
 set -euo pipefail
 
@@ -35,7 +42,8 @@ VM_CACHE=${VM_CACHE:-/var/cache/hwntpd-vm}
 VM_TIMEOUT=${VM_TIMEOUT:-300}
 VM_SMP=${VM_SMP:-1}
 VM_MEM=${VM_MEM:-512}
-VM_NIC=${VM_NIC:-igb}
+VM_NICS=${VM_NIC:-${VM_NICS:-igb e1000e}}
+VM_NIC=${VM_NICS%% *}
 VM_HWNTPD=${VM_HWNTPD:-1}
 HWNTPD_BIN=${HWNTPD_BIN:-}
 HWNTPD_BENCH_BIN=${HWNTPD_BENCH_BIN:-}
@@ -46,7 +54,7 @@ VM_TARGET_DIR="$REPO/target/vm"
 export DEBIAN_FRONTEND=noninteractive
 
 # Kernel modules for the guest, in insmod order (path under lib/modules/VERSION/kernel/).
-# e1000e is optional: present means it is loaded too, so VM_NIC=e1000e also works.
+# e1000e is optional: present means it is loaded too (needed for the e1000e run).
 GUEST_MODULES=(
     drivers/dca/dca.ko
     drivers/i2c/algos/i2c-algo-bit.ko
@@ -76,8 +84,12 @@ trap 'exit 130' INT
 
 # ------------------------------------------------------------------ 1. host packages
 have_qemu_igb() {
-    command -v qemu-system-x86_64 >/dev/null 2>&1 &&
-        timeout 30 qemu-system-x86_64 -device help 2>/dev/null | grep -q "name \"$VM_NIC\""
+    command -v qemu-system-x86_64 >/dev/null 2>&1 || return 1
+    local devs nic
+    devs=$(timeout 30 qemu-system-x86_64 -device help 2>/dev/null)
+    for nic in $VM_NICS; do
+        grep -q "name \"$nic\"" <<<"$devs" || return 1
+    done
 }
 have_busybox_static() {
     [ -x /bin/busybox ] && dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'
@@ -137,7 +149,7 @@ ensure_host_packages() {
         ensure_backports_suite
         apt_update
         apt_install -t bookworm-backports qemu-system-x86
-        have_qemu_igb || die "QEMU has no '$VM_NIC' device even after installing from bookworm-backports"
+        have_qemu_igb || die "QEMU lacks one of the devices '$VM_NICS' even after installing from bookworm-backports"
     fi
     log "host tools: $(qemu-system-x86_64 --version | head -1); busybox $(busybox | head -1 | awk '{print $2}')"
 }
@@ -324,5 +336,13 @@ run_vm() {
 ensure_host_packages
 ensure_kernel
 build_binaries
-build_initramfs
-run_vm
+overall=0
+for VM_NIC in $VM_NICS; do
+    if [ "$VM_NIC" != igb ] && ! grep -qx "$VM_NIC" "$KDIR/modules/order"; then
+        die "no $VM_NIC module in the guest kernel"
+    fi
+    build_initramfs
+    run_vm || overall=1
+done
+echo "vm-hwtest: NIC models $VM_NICS: $([ $overall = 0 ] && echo PASS || echo FAIL)"
+exit $overall

@@ -14,8 +14,9 @@ pub enum TimestampingArg {
     /// each gives (receive and/or transmit, while the PHC tracking is healthy);
     /// kernel software timestamps for the rest, and without `--interface`.
     Auto,
-    /// As auto, but refuse to start unless an `--interface` NIC gives hardware
-    /// receive or transmit timestamps.
+    /// NIC hardware timestamps; refuse to start without them (needs `--interface`);
+    /// while serving, the node is unhealthy when they stop arriving or the PHC
+    /// tracking fails.
     Hardware,
     /// Kernel software timestamps only; NICs are left as they are.
     Software,
@@ -30,7 +31,7 @@ pub enum TimestampingArg {
 pub enum OnUnsyncArg {
     /// Answer with LI=3 and stratum 16, so clients see the alarm.
     Serve,
-    /// Answer nothing.
+    /// Answer nothing (also whenever the node is unhealthy, see /healthz).
     Drop,
 }
 

@@ -29,6 +29,9 @@ pub struct StateCell {
     /// Claims set at run time (SIGHUP), laid over every state stored. Only the
     /// writers (once a second, and a reload) take this lock, never a worker.
     claims: Mutex<Option<Claims>>,
+    /// Set while the node is unhealthy under `--on-unsync drop`: the workers
+    /// then see an unsynchronised state and answer nothing.
+    withheld: AtomicBool,
 }
 
 /// The claims of the configuration that a reload changes without restarting
@@ -75,6 +78,7 @@ impl StateCell {
         StateCell {
             inner: ArcSwap::from_pointee(state),
             claims: Mutex::new(None),
+            withheld: AtomicBool::new(false),
         }
     }
 
@@ -84,13 +88,35 @@ impl StateCell {
     pub fn set_claims(&self, claims: Claims) {
         let mut guard = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         *guard = Some(claims);
-        self.inner.store(Arc::new(claims.apply(self.load())));
+        self.inner
+            .store(Arc::new(claims.apply(self.load_reference())));
     }
 
-    /// A copy of the current state (lock-free, no allocation).
+    /// A copy of the state to serve (lock-free, no allocation): the
+    /// reference's, or LI 3 / stratum 16 while [`StateCell::set_withheld`].
     #[inline]
     pub fn load(&self) -> ServerState {
+        let s = **self.inner.load();
+        if self.withheld.load(Ordering::Relaxed) {
+            ServerState {
+                leap: crate::protocol::LeapIndicator::Unsynchronized,
+                stratum: ServerState::STRATUM_UNSYNC,
+                ..s
+            }
+        } else {
+            s
+        }
+    }
+
+    /// The reference's state, whether withheld or not (for the health check).
+    pub fn load_reference(&self) -> ServerState {
         **self.inner.load()
+    }
+
+    /// Withhold the state (serve it as unsynchronised) or stop withholding.
+    /// Returns whether this changed anything.
+    pub fn set_withheld(&self, withheld: bool) -> bool {
+        self.withheld.swap(withheld, Ordering::Relaxed) != withheld
     }
 
     /// Replaces the state; readers see either the old or the new one whole.
@@ -211,6 +237,27 @@ mod tests {
             max_poll: 17,
             serve_unsynchronized: true,
         }
+    }
+
+    #[test]
+    fn withheld_state_is_unsynchronised_but_the_reference_is_kept() {
+        let mut s = marked(3);
+        s.serve_unsynchronized = false;
+        let cell = StateCell::new(s);
+        assert!(!cell.load().is_unsynchronized());
+        assert!(cell.set_withheld(true));
+        assert!(!cell.set_withheld(true), "no change the second time");
+        let served = cell.load();
+        assert!(served.is_unsynchronized());
+        assert_eq!(served.stratum, ServerState::STRATUM_UNSYNC);
+        assert!(!served.serve_unsynchronized, "so the workers drop");
+        assert_eq!(
+            cell.load_reference(),
+            s,
+            "the health check sees the reference"
+        );
+        assert!(cell.set_withheld(false));
+        assert_eq!(cell.load(), s);
     }
 
     #[test]

@@ -5,22 +5,33 @@
 //! * the reference is usable (the served state is not LI=3 / stratum 16);
 //! * every worker is alive: its watchdog-check counter (bumped by the worker
 //!   about every [`WATCHDOG_INTERVAL_MS`](super::watchdog::WATCHDOG_INTERVAL_MS),
-//!   even when idle) moved within [`WORKER_STALE_AFTER`].
+//!   even when idle) moved within [`WORKER_STALE_AFTER`];
+//! * where hardware timestamps were asked for (`--timestamping hardware`): the
+//!   PHC tracking is healthy and the promised timestamps arrive
+//!   ([`super::tscheck`]).
+//!
+//! It fails closed, with hysteresis ([`super::hysteresis`]): unhealthy until
+//! the first check (healthy then if it is good), unhealthy at the first bad
+//! check, and healthy again only after [`RISE_AFTER`] of good checks in a
+//! row, so a flapping input does not flap an anycast route.
 //!
 //! [`HealthMonitor::update`] takes plain inputs ([`HealthInputs`]) and returns
-//! a [`HealthStatus`]; more checks (the PHC tracking, timestamps that were
-//! promised but do not arrive) and hysteresis belong in it, so the endpoint,
-//! the metrics and the watchdog keep one notion of healthy.
+//! a [`HealthStatus`], so the endpoint, the metrics and the watchdog keep one
+//! notion of healthy.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
+use super::hysteresis::Hysteresis;
 use crate::protocol::ServerState;
 
 /// A worker whose heartbeat has not moved for this long counts as stalled.
 pub const WORKER_STALE_AFTER: Duration = Duration::from_secs(2);
+
+/// Good checks in a row for this long make an unhealthy node healthy again.
+pub const RISE_AFTER: Duration = Duration::from_secs(3);
 
 /// What the health is computed from, read once per supervisor tick.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +42,12 @@ pub struct HealthInputs<'a> {
     pub state: ServerState,
     /// Each worker's heartbeat counter.
     pub heartbeats: &'a [u64],
+    /// `Some(healthy)` when hardware timestamps were asked for and a PHC
+    /// converts them; `None` when the PHC does not count.
+    pub phc_healthy: Option<bool>,
+    /// When hardware timestamps were asked for: the promised ones that do not
+    /// arrive ([`super::tscheck::TimestampCheck::reason`]); "" if none.
+    pub timestamps_missing: &'a str,
 }
 
 /// The verdict.
@@ -46,6 +63,9 @@ pub struct HealthStatus {
     pub workers: usize,
     /// Workers whose heartbeat moved recently.
     pub workers_alive: usize,
+    /// `hwntpd_timestamping_degraded`: (interface, direction, degraded) for
+    /// each direction promised hardware timestamps (filled by the supervisor).
+    pub timestamping_degraded: Vec<(String, &'static str, bool)>,
 }
 
 impl HealthStatus {
@@ -57,6 +77,7 @@ impl HealthStatus {
             reference_usable: false,
             workers: 0,
             workers_alive: 0,
+            timestamping_degraded: Vec::new(),
         }
     }
 }
@@ -66,19 +87,24 @@ impl HealthStatus {
 pub struct HealthMonitor {
     beats: Vec<(u64, Instant)>,
     stale_after: Duration,
+    hysteresis: Hysteresis,
 }
 
 impl HealthMonitor {
-    /// A monitor for `workers` workers, all counted alive at `now`.
-    pub fn new(workers: usize, now: Instant) -> Self {
-        Self::with_stale_after(workers, now, WORKER_STALE_AFTER)
+    /// A monitor for `workers` workers, all counted alive at `now`, updated
+    /// every `tick` (healthy after [`RISE_AFTER`] of good checks).
+    pub fn new(workers: usize, now: Instant, tick: Duration) -> Self {
+        let rise = RISE_AFTER.as_millis() / tick.as_millis().max(1);
+        Self::with_limits(workers, now, WORKER_STALE_AFTER, rise as u32)
     }
 
-    /// [`Self::new`] with another staleness limit (tests).
-    pub fn with_stale_after(workers: usize, now: Instant, stale_after: Duration) -> Self {
+    /// [`Self::new`] with another staleness limit and `rise` good checks to
+    /// become healthy (tests).
+    pub fn with_limits(workers: usize, now: Instant, stale_after: Duration, rise: u32) -> Self {
         HealthMonitor {
             beats: vec![(0, now); workers],
             stale_after,
+            hysteresis: Hysteresis::new(rise),
         }
     }
 
@@ -114,16 +140,29 @@ impl HealthMonitor {
                 quiet.as_secs_f64()
             ));
         }
-        let healthy = failures.is_empty() && workers > 0;
+        if inputs.phc_healthy == Some(false) {
+            failures.push(
+                "PHC tracking unhealthy (the hardware timestamps asked for cannot be converted)"
+                    .into(),
+            );
+        }
+        if !inputs.timestamps_missing.is_empty() {
+            failures.push(inputs.timestamps_missing.to_string());
+        }
+        let problem = if workers == 0 {
+            Some("no workers".to_string())
+        } else {
+            (!failures.is_empty()).then(|| failures.join("; "))
+        };
+        self.hysteresis.update(problem);
+        let healthy = self.hysteresis.healthy();
         let reason = if healthy {
             format!(
                 "ok: reference {} usable (stratum {}), {workers_alive} of {workers} workers alive",
                 inputs.reference, inputs.state.stratum
             )
-        } else if workers == 0 {
-            "no workers".into()
         } else {
-            failures.join("; ")
+            self.hysteresis.reason()
         };
         HealthStatus {
             healthy,
@@ -131,6 +170,7 @@ impl HealthMonitor {
             reference_usable,
             workers,
             workers_alive,
+            timestamping_degraded: Vec::new(),
         }
     }
 
@@ -178,11 +218,14 @@ mod tests {
     fn healthy_until_a_worker_stops_or_the_reference_goes() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let mut m = HealthMonitor::with_stale_after(2, t0, Duration::from_millis(500));
+        // rise 1: no hysteresis here (see fails_closed_with_hysteresis)
+        let mut m = HealthMonitor::with_limits(2, t0, Duration::from_millis(500), 1);
         let input = |beats: &'static [u64], state| HealthInputs {
             reference: "local",
             state,
             heartbeats: beats,
+            phc_healthy: None,
+            timestamps_missing: "",
         };
         let s = m.update(ms(100), &input(&[1, 1], synced()));
         assert!(s.healthy, "{s:?}");
@@ -216,16 +259,81 @@ mod tests {
     #[test]
     fn no_workers_is_unhealthy() {
         let t0 = Instant::now();
-        let mut m = HealthMonitor::new(0, t0);
-        let s = m.update(
-            t0,
-            &HealthInputs {
-                reference: "local",
-                state: synced(),
-                heartbeats: &[],
-            },
-        );
-        assert!(!s.healthy);
+        let mut m = HealthMonitor::new(0, t0, Duration::from_millis(100));
+        for _ in 0..40 {
+            let s = m.update(
+                t0,
+                &HealthInputs {
+                    reference: "local",
+                    state: synced(),
+                    heartbeats: &[],
+                    phc_healthy: None,
+                    timestamps_missing: "",
+                },
+            );
+            assert!(!s.healthy);
+            assert_eq!(s.reason, "no workers");
+        }
         assert!(!HealthStatus::starting().healthy);
+    }
+
+    #[test]
+    fn fails_closed_with_hysteresis() {
+        let t0 = Instant::now();
+        let tick = Duration::from_millis(100);
+        // 3 s of good checks at one per 100 ms: 30.
+        let mut m = HealthMonitor::new(1, t0, tick);
+        let mut beat: u32 = 0;
+        let mut check = |m: &mut HealthMonitor, phc: Option<bool>, missing: &str| {
+            beat += 1;
+            m.update(
+                t0 + tick * beat,
+                &HealthInputs {
+                    reference: "phc",
+                    state: synced(),
+                    heartbeats: &[u64::from(beat)],
+                    phc_healthy: phc,
+                    timestamps_missing: missing,
+                },
+            )
+        };
+        // The PHC tracking is not yet established at start.
+        assert!(!check(&mut m, Some(false), "").healthy);
+        for _ in 0..29 {
+            let s = check(&mut m, Some(true), "");
+            assert!(!s.healthy, "not before 30 good checks: {s:?}");
+        }
+        assert!(check(&mut m, Some(true), "").healthy);
+        // The PHC tracking fails: unhealthy at once.
+        let s = check(&mut m, Some(false), "");
+        assert!(!s.healthy);
+        assert!(
+            s.reason.starts_with("PHC tracking unhealthy"),
+            "{}",
+            s.reason
+        );
+        // Good again: recovering, not yet healthy; the last problem is named.
+        let s = check(&mut m, Some(true), "");
+        assert!(!s.healthy);
+        assert!(
+            s.reason
+                .starts_with("recovering (30 good checks in a row needed); last problem: PHC"),
+            "{}",
+            s.reason
+        );
+        // Promised timestamps that do not arrive restart the count.
+        let s = check(
+            &mut m,
+            Some(true),
+            "hardware receive timestamps promised by eth0 are not arriving",
+        );
+        assert_eq!(
+            s.reason,
+            "hardware receive timestamps promised by eth0 are not arriving"
+        );
+        for _ in 0..29 {
+            assert!(!check(&mut m, Some(true), "").healthy);
+        }
+        assert!(check(&mut m, Some(true), "").healthy);
     }
 }

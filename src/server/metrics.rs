@@ -391,9 +391,17 @@ impl Exporter {
         f.gauge(
             "hwntpd_healthy",
             "",
-            "1 while GET /healthz answers 200: the reference is usable and every worker is alive.",
+            "1 while GET /healthz answers 200: the reference is usable, every worker is alive and, with --timestamping hardware, the PHC tracking is healthy and the promised timestamps arrive (healthy again after 3 s of good checks).",
             if h.healthy { 1.0 } else { 0.0 },
         );
+        for (interface, direction, degraded) in &h.timestamping_degraded {
+            f.gauge(
+                "hwntpd_timestamping_degraded",
+                &format!("interface=\"{interface}\",direction=\"{direction}\""),
+                "1 while hardware timestamps the NIC promised at start-up do not arrive (none usable among the last 8 or more packets).",
+                if *degraded { 1.0 } else { 0.0 },
+            );
+        }
         f.gauge("hwntpd_workers", "", "Worker threads.", h.workers as f64);
         f.gauge(
             "hwntpd_workers_alive",

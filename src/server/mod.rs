@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod health;
+pub mod hysteresis;
 pub mod interleave;
 pub mod live;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod signals;
 pub mod stats;
 pub mod supervisor;
 pub mod timestamping;
+pub mod tscheck;
 pub mod txstamps;
 pub mod watchdog;
 pub mod worker;
@@ -33,7 +35,7 @@ use crate::clock::precision::measure_precision;
 use crate::clock::reference::{ReferenceConfig, ReferenceKind};
 use crate::clock::snapshot::{initial_state, spawn_refresher, StateCell};
 use crate::clock::wire::{Compensation, SPEED_UNKNOWN};
-use crate::config::{Args, OnOffArg, OnUnsyncArg, ReferenceArg};
+use crate::config::{Args, OnOffArg, OnUnsyncArg, ReferenceArg, TimestampingArg};
 use crate::net::socket::{bind_udp, set_recv_buffer};
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
@@ -105,6 +107,8 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     let precision = measure_precision();
     let reference = reference_config(args, precision)?;
     let cell = Arc::new(StateCell::new(initial_state(&reference)));
+    // With --on-unsync drop, answer nothing until the health check says healthy.
+    cell.set_withheld(args.on_unsync == OnUnsyncArg::Drop);
     let mut plan = timestamping::plan(args)?;
     let served = if args.reference == ReferenceArg::Phc {
         ServedClock::Phc
@@ -318,7 +322,19 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
         )?);
     }
     supervisor::drop_privileges(args.user.as_deref())?;
-    let mut supervisor = Supervisor::start(exporter.clone());
+    let mut supervisor = Supervisor::start(
+        exporter.clone(),
+        supervisor::HealthOptions {
+            // Hardware timestamps promised at start-up are checked against what arrives.
+            ts_check: tscheck::TimestampCheck::new(
+                plan.rx_hardware,
+                plan.tx_hardware && plan.tx_mode != worker::TxTimestampMode::Off,
+                &plan.hw_interfaces,
+            ),
+            hardware_required: args.timestamping == TimestampingArg::Hardware,
+            withhold_when_unhealthy: args.on_unsync == OnUnsyncArg::Drop,
+        },
+    );
 
     let interval = Duration::from_secs(args.stats_interval);
     let mut next = Instant::now() + interval;

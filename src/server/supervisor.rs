@@ -17,14 +17,29 @@ use sd_notify::NotifyState;
 
 use super::health::{HealthInputs, HealthMonitor, HealthStatus};
 use super::metrics::Exporter;
+use super::tscheck::{TimestampCheck, TsCounts};
 
 /// How often the supervisor runs.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// What the health check needs beyond the exporter's view.
+#[derive(Debug)]
+pub struct HealthOptions {
+    /// The hardware timestamps promised at start-up, checked against what arrives.
+    pub ts_check: TimestampCheck,
+    /// `--timestamping hardware`: the PHC tracking and the promised timestamps
+    /// count for the health.
+    pub hardware_required: bool,
+    /// `--on-unsync drop`: withhold the served state (answer nothing) while
+    /// unhealthy.
+    pub withhold_when_unhealthy: bool,
+}
 
 /// See the module documentation.
 pub struct Supervisor {
     exporter: Arc<Exporter>,
     monitor: HealthMonitor,
+    options: HealthOptions,
     watchdog: Option<Duration>,
     last_ping: Option<Instant>,
     notify_failed: bool,
@@ -34,11 +49,12 @@ pub struct Supervisor {
 impl Supervisor {
     /// Judge the health once at once, publish it, and tell systemd the
     /// service is ready.
-    pub fn start(exporter: Arc<Exporter>) -> Self {
+    pub fn start(exporter: Arc<Exporter>, options: HealthOptions) -> Self {
         let now = Instant::now();
         let watchdog = sd_notify::watchdog_enabled();
         let mut s = Supervisor {
-            monitor: HealthMonitor::new(exporter.stats.len(), now),
+            monitor: HealthMonitor::new(exporter.stats.len(), now, TICK),
+            options,
             beats: Vec::with_capacity(exporter.stats.len()),
             exporter,
             watchdog,
@@ -52,6 +68,7 @@ impl Supervisor {
             tracing::warn!(reason = %status.reason, "unhealthy: /healthz answers 503");
         }
         let line = s.status_line(&status);
+        s.withhold(status.healthy);
         s.exporter.health.store(status);
         s.notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
         if let Some(w) = watchdog {
@@ -72,15 +89,42 @@ impl Supervisor {
                 .iter()
                 .map(|s| s.watchdog_checks.load(Ordering::Relaxed)),
         );
-        let state = self.exporter.state.load();
-        self.monitor.update(
+        // The reference's state, not the served one: that is withheld while
+        // unhealthy with --on-unsync drop.
+        let state = self.exporter.state.load_reference();
+        let ts = &mut self.options.ts_check;
+        for t in ts.observe(TsCounts::from_stats(&self.exporter.totals())) {
+            ts.log(&t);
+        }
+        let hardware = self.options.hardware_required;
+        let phc_healthy = match (&self.exporter.domains, hardware) {
+            (Some(d), true) => Some(d.snapshot().is_some_and(|s| s.healthy)),
+            _ => None,
+        };
+        let missing = if hardware { ts.reason() } else { String::new() };
+        let mut status = self.monitor.update(
             now,
             &HealthInputs {
                 reference: &self.exporter.reference,
                 state,
                 heartbeats: &self.beats,
+                phc_healthy,
+                timestamps_missing: &missing,
             },
-        )
+        );
+        status.timestamping_degraded = ts.gauges();
+        status
+    }
+
+    /// With `--on-unsync drop`: the workers answer nothing while unhealthy.
+    fn withhold(&self, healthy: bool) {
+        if self.options.withhold_when_unhealthy && self.exporter.state.set_withheld(!healthy) {
+            if healthy {
+                tracing::info!("healthy: answering again");
+            } else {
+                tracing::warn!("unhealthy with --on-unsync drop: answering nothing");
+            }
+        }
     }
 
     fn status_line(&self, h: &HealthStatus) -> String {
@@ -118,6 +162,7 @@ impl Supervisor {
             let line = self.status_line(&status);
             self.notify(&[NotifyState::Status(&line)]);
         }
+        self.withhold(status.healthy);
         self.exporter.health.store(status);
         if let Some(period) = self.watchdog {
             let due = self

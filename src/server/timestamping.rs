@@ -39,6 +39,9 @@ pub struct TimestampingPlan {
     pub phc: Option<PathBuf>,
     /// Its link speed (for the receive wire-time correction), if known.
     pub link_speed_mbps: Option<u32>,
+    /// The `--interface` NICs that accepted hardware timestamping (checked
+    /// while serving: [`crate::server::tscheck`]).
+    pub hw_interfaces: Vec<String>,
     socket: Option<TimestampingConfig>,
 }
 
@@ -111,6 +114,7 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
     );
     let (mut rx_hw, mut tx_hw) = (false, false);
     let (mut phc, mut link_speed) = (None, None);
+    let mut hw_interfaces = Vec::new();
     if want_hw {
         if args.interfaces.is_empty() {
             if args.timestamping == TimestampingArg::Hardware {
@@ -124,6 +128,9 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
                     tracing::info!(interface = %iface, "hardware timestamping: {outcome}");
                     rx_hw |= outcome.rx_hardware;
                     tx_hw |= outcome.tx_on;
+                    if outcome.rx_hardware || outcome.tx_on {
+                        hw_interfaces.push(iface.clone());
+                    }
                     if phc.is_none() {
                         match ts_info(iface).map(|i| i.phc()) {
                             Ok(Some(index)) => {
@@ -193,6 +200,7 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
         explicit_tx_key,
         phc,
         link_speed_mbps: link_speed,
+        hw_interfaces,
         socket,
     })
 }

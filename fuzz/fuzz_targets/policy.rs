@@ -41,11 +41,19 @@ fn check_cidr(c: Cidr) {
     match c {
         Cidr::V4(a, l) => {
             assert!(l <= 32);
-            assert_eq!(a & u32::MAX.checked_shr(u32::from(l)).unwrap_or(0), 0, "{c}");
+            assert_eq!(
+                a & u32::MAX.checked_shr(u32::from(l)).unwrap_or(0),
+                0,
+                "{c}"
+            );
         }
         Cidr::V6(a, l) => {
             assert!(l <= 128);
-            assert_eq!(a & u128::MAX.checked_shr(u32::from(l)).unwrap_or(0), 0, "{c}");
+            assert_eq!(
+                a & u128::MAX.checked_shr(u32::from(l)).unwrap_or(0),
+                0,
+                "{c}"
+            );
         }
     }
     assert_eq!(parse_cidr(&c.to_string()), Ok(c), "{c} does not parse back");

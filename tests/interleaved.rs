@@ -137,10 +137,13 @@ fn basic_clients_do_not_pay_for_transmit_timestamps() {
     let s = server.wait_stats("10 replies", |s| {
         stat(s, "hwntpd_replies_total{mode=\"basic\"}") >= 10
     });
-    assert_eq!(
-        stat(&s, "hwntpd_tx_timestamps_requested_total"),
-        10,
-        "every reply of a quiet server calibrates: {s:?}"
+    // The readiness probe of `Server::start` is a reply too: it calibrates
+    // unless the first query follows it within 5 ms (slow machines: it does not).
+    let quiet_requested = stat(&s, "hwntpd_tx_timestamps_requested_total");
+    let quiet_replies = stat(&s, "hwntpd_replies_total{mode=\"basic\"}");
+    assert!(
+        (10..=quiet_replies).contains(&quiet_requested),
+        "every reply of a quiet server calibrates: {quiet_requested} of {quiet_replies}: {s:?}"
     );
     // ... and a busy one at most one per 5 ms per situation: one request at a
     // time is always first in its batch, so at most the 2 idle classes.
@@ -154,9 +157,9 @@ fn basic_clients_do_not_pay_for_transmit_timestamps() {
     }
     let elapsed_ms = started.elapsed().as_millis() as u64;
     let s = server.wait_stats("310 replies", |s| {
-        stat(s, "hwntpd_replies_total{mode=\"basic\"}") >= n + 10
+        stat(s, "hwntpd_replies_total{mode=\"basic\"}") >= n + quiet_replies
     });
-    let requested = stat(&s, "hwntpd_tx_timestamps_requested_total") - 10;
+    let requested = stat(&s, "hwntpd_tx_timestamps_requested_total") - quiet_requested;
     assert!(requested >= 1, "some replies calibrate the send latency");
     // One per 10 ms, plus the readiness query's before `started`.
     assert!(

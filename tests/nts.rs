@@ -404,10 +404,12 @@ fn ke_refusals() {
     let server = start_nts("nts-ke-refusals", &certs, ke_port, &[]);
 
     // RFC 8915 section 4.1.5: an AEAD record that "is empty if the server
-    // supports none of the algorithms offered", and no cookies.
+    // supports none of the algorithms offered", the error record (Bad
+    // Request), and no cookies.
     let out = ke(&certs, ke_port, &client_request(&[0x7fff])).unwrap();
     assert_eq!(out.response.next_protocol, Some(vec![0]));
     assert_eq!(out.response.aead, Some(vec![]));
+    assert_eq!(out.response.errors, vec![error_code::BAD_REQUEST]);
     assert!(out.response.cookies.is_empty());
     assert!(out.keys.is_none());
 

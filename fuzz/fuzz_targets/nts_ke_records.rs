@@ -7,8 +7,8 @@
 //!   incomplete request is incomplete too;
 //! * the response written for a decision parses back to that decision:
 //!   Accept -> Next Protocol [0], AEAD [the chosen id], 8 cookies, no error;
-//!   NoAead -> Next Protocol [0], an empty AEAD record, no cookies;
-//!   NoProtocol -> an empty Next Protocol record; Error(c) -> Error [c];
+//!   NoAead -> Next Protocol [0], an empty AEAD record, Error [1], no cookies;
+//!   NoProtocol -> an empty Next Protocol record, Error [1]; Error(c) -> Error [c];
 //! * an accepted AEAD is one the request offered.
 #![no_main]
 
@@ -61,10 +61,12 @@ fuzz_target!(|data: &[u8]| {
         KeDecision::NoAead => {
             assert_eq!(r.next_protocol, Some(vec![0]));
             assert_eq!(r.aead, Some(vec![]));
+            assert_eq!(r.errors, vec![1], "Bad Request");
             assert!(r.cookies.is_empty());
         }
         KeDecision::NoProtocol => {
             assert_eq!(r.next_protocol, Some(vec![]));
+            assert_eq!(r.errors, vec![1], "Bad Request");
             assert!(r.cookies.is_empty());
         }
         KeDecision::Error(code) => {

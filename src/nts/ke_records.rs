@@ -90,11 +90,14 @@ pub fn append_record(out: &mut Vec<u8>, critical: bool, rtype: u16, body: &[u8])
 pub enum KeDecision {
     /// NTPv4 with this AEAD: send keys' cookies.
     Accept(Aead),
-    /// The client offered no protocol the server speaks: an empty Next Protocol record.
+    /// The client offered no protocol the server speaks: an empty Next
+    /// Protocol record (RFC 8915 section 4.1.2) and an Error record (Bad
+    /// Request), no cookies.
     NoProtocol,
-    /// NTPv4, but no AEAD in common: Next Protocol NTPv4 and an empty AEAD
+    /// NTPv4, but no AEAD in common: Next Protocol NTPv4, an empty AEAD
     /// record (RFC 8915 section 4.1.5: "It is empty if the server supports
-    /// none of the algorithms offered"), no cookies.
+    /// none of the algorithms offered") and an Error record (Bad Request), so
+    /// a client that only looks for errors stops too; no cookies.
     NoAead,
     /// An Error record with this code.
     Error(u16),
@@ -191,10 +194,16 @@ pub fn write_response(decision: KeDecision, hint: &NtpServerHint, cookies: &[&[u
     let ntpv4 = PROTOCOL_NTPV4.to_be_bytes();
     match decision {
         KeDecision::Error(code) => append_record(&mut out, true, rtype::ERROR, &code.to_be_bytes()),
-        KeDecision::NoProtocol => append_record(&mut out, true, rtype::NEXT_PROTOCOL, &[]),
+        KeDecision::NoProtocol => {
+            append_record(&mut out, true, rtype::NEXT_PROTOCOL, &[]);
+            let bad = error_code::BAD_REQUEST.to_be_bytes();
+            append_record(&mut out, true, rtype::ERROR, &bad);
+        }
         KeDecision::NoAead => {
             append_record(&mut out, true, rtype::NEXT_PROTOCOL, &ntpv4);
             append_record(&mut out, true, rtype::AEAD, &[]);
+            let bad = error_code::BAD_REQUEST.to_be_bytes();
+            append_record(&mut out, true, rtype::ERROR, &bad);
         }
         KeDecision::Accept(aead) => {
             append_record(&mut out, true, rtype::NEXT_PROTOCOL, &ntpv4);
@@ -401,6 +410,12 @@ mod tests {
         let out = write_response(KeDecision::NoAead, &hint, &refs);
         let r = parse_response(&out).unwrap().unwrap();
         assert_eq!(r.aead, Some(vec![]));
+        assert_eq!(r.errors, vec![error_code::BAD_REQUEST]);
+        assert!(r.cookies.is_empty());
+        let out = write_response(KeDecision::NoProtocol, &hint, &refs);
+        let r = parse_response(&out).unwrap().unwrap();
+        assert_eq!(r.next_protocol, Some(vec![]));
+        assert_eq!(r.errors, vec![error_code::BAD_REQUEST]);
         assert!(r.cookies.is_empty());
         let out = write_response(KeDecision::Error(1), &hint, &refs);
         let r = parse_response(&out).unwrap().unwrap();

@@ -275,11 +275,12 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u64).range(8..=(1 << 26)))]
     pub client_table_entries: u64,
 
-    /// Basic replies: add a low quantile (about the 5th percentile) of the send
-    /// latencies (kernel or NIC transmit timestamp minus the pre-send clock
-    /// reading) measured in the last 10 minutes in the same situation (place in
-    /// the batch of sends, idle time before it) to the transmit timestamp, so it
-    /// lies just before the moment the reply left; 0 until 8 fresh samples exist.
+    /// Basic replies: add the smallest of the last 64 send latencies (kernel or
+    /// NIC transmit timestamp minus the pre-send clock reading) measured in the
+    /// last 10 minutes in the same situation (direct send or place in the
+    /// ring's batch, idle time before it), less the gap to the second
+    /// smallest, to the transmit timestamp, so it lies just before the moment
+    /// the reply left; 0 until 8 fresh samples exist.
     /// Basic replies ask for a transmit timestamp at most once per 5 ms per
     /// situation and socket (every reply of a quiet server). "off" serves the
     /// bare pre-send reading and asks for none.
@@ -287,6 +288,16 @@ pub struct Args {
     /// --interleave-entries 0). Changes live on SIGHUP.
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub send_latency_comp: OnOffArg,
+
+    /// Send a lone reply (the only one of its turn of the event loop: a quiet
+    /// server, or requests arriving one at a time) with its own sendmsg right
+    /// after its transmit-time reading, rather than through io_uring: the
+    /// shortest and steadiest path from the reading to the wire, which a basic
+    /// reply's transmit timestamp rests on. Costs one system call per such
+    /// reply; replies handled together still go out in one io_uring_enter.
+    /// "off": every reply through the ring.
+    #[arg(long, value_enum, default_value_t = OnOffArg::On)]
+    pub direct_send: OnOffArg,
 
     /// Receive buffer of each socket in bytes, to absorb bursts (the kernel's
     /// default of about 200 KiB holds some 1500 requests). Forced past

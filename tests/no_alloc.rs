@@ -335,6 +335,8 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool, nts: bool) -> u64 {
         cpu: None,
         nts: nts_state.clone(),
         guards: Default::default(),
+        // As served by default: lone basic replies sent directly.
+        direct_send: true,
     };
     let worker = std::thread::spawn(move || {
         ON_WORKER.with(|c| c.set(true));

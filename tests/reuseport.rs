@@ -63,6 +63,7 @@ fn reuseport_keeps_each_client_on_one_worker() {
             cpu: None,
             nts: None,
             guards: Default::default(),
+            direct_send: true,
         };
         handles.push(std::thread::spawn(move || Worker::new(cfg)?.run()));
     }

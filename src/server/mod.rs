@@ -264,6 +264,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
             cpu: args.cpus.as_ref().and_then(|c| c.0.get(id).copied()),
             guards: guards.clone(),
             nts: nts.as_ref().map(|n| n.state.clone()),
+            direct_send: args.direct_send == OnOffArg::On,
         };
         let ready = ready_tx.clone();
         let h = std::thread::Builder::new()

@@ -26,7 +26,7 @@
 //! ```
 //!
 //! `rotated` is the Unix time of the last rotation; `key` lines hold the key id
-//! (8 hex digits) and the AES-256-GCM-SIV cookie key (32 octets, 64 hex digits),
+//! (8 hex digits) and the AES-SIV-CMAC-256 key (32 octets, 64 hex digits),
 //! oldest first: the last line is the next key, the one before it the current
 //! key. Lines starting with `#` and blank lines are ignored.
 
@@ -45,7 +45,7 @@ pub const KEEP: usize = 4;
 pub struct MasterKey {
     /// Its id, carried in the clear at the start of every cookie.
     pub id: u32,
-    /// The AES-256-GCM-SIV key cookies are sealed under.
+    /// The AES-SIV-CMAC-256 key.
     pub key: [u8; MASTER_KEY_LEN],
 }
 

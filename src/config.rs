@@ -289,12 +289,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub send_latency_comp: OnOffArg,
 
-    /// Send a lone reply (the only one of its turn of the event loop: a quiet
-    /// server, or requests arriving one at a time) with its own sendmsg right
-    /// after its transmit-time reading, rather than through io_uring: the
+    /// Send a lone basic reply (the only reply of its turn of the event loop:
+    /// a quiet server, or requests arriving one at a time) with its own sendmsg
+    /// right after its transmit-time reading, rather than through io_uring: the
     /// shortest and steadiest path from the reading to the wire, which a basic
     /// reply's transmit timestamp rests on. Costs one system call per such
-    /// reply; replies handled together still go out in one io_uring_enter.
+    /// reply; replies handled together, and interleaved replies (their exact
+    /// transmit time is served later), go out through the ring.
     /// "off": every reply through the ring.
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub direct_send: OnOffArg,

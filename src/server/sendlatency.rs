@@ -12,7 +12,7 @@
 //! situation, not their mean or median (the shortest-delay samples a client's
 //! filter prefers are exactly the ones an overshoot would create):
 //!
-//! * the situation ([`Situation`]) is the reply's place (0: a lone reply sent
+//! * the situation ([`Situation`]) is the reply's place (0: a lone basic reply sent
 //!   directly with its own `sendmsg` right after the reading; 1, 2, ...: the
 //!   replies of a batch, which share one reading and leave through the ring
 //!   one after the other) and how long the worker was idle before the send (a
@@ -89,7 +89,15 @@ impl Situation {
     /// sent after the worker was idle for `idle_ns` (negative or 0: it sent
     /// something during this same turn).
     pub fn new(idle_ns: i64, place: usize) -> Self {
-        let idle = usize::from(idle_ns >= COLD_AFTER_NS);
+        Self::of_classes(usize::from(idle_ns >= COLD_AFTER_NS), place)
+    }
+
+    /// The same idle class at another place in the batch.
+    pub fn at_place(self, place: usize) -> Self {
+        Self::of_classes(self.idle_class(), place)
+    }
+
+    fn of_classes(idle: usize, place: usize) -> Self {
         let place = match place {
             0..=3 => place,
             4..=5 => 4,
@@ -103,16 +111,6 @@ impl Situation {
             _ => 12,
         };
         Situation((idle * PLACE_CLASSES + place) as u8)
-    }
-
-    /// The same idle class at another place in the batch.
-    pub fn at_place(self, place: usize) -> Self {
-        let idle_ns = if self.idle_class() > 0 {
-            COLD_AFTER_NS
-        } else {
-            0
-        };
-        Situation::new(idle_ns, place)
     }
 
     /// Index in `0..SITUATIONS`.
@@ -372,6 +370,8 @@ mod tests {
             (1, PLACE_CLASSES - 1)
         );
         assert_eq!(cold.index(), SITUATIONS - 1);
+        assert_eq!(cold.at_place(5), Situation::new(COLD_AFTER_NS, 5));
+        assert_eq!(Situation::new(0, 70).at_place(0), Situation::new(0, 0));
     }
 
     #[test]

@@ -108,8 +108,8 @@ pub struct WorkerConfig {
     pub guards: Guards,
     /// NTS (RFC 8915) on this worker's sockets, when configured.
     pub nts: Option<NtsState>,
-    /// Send a lone reply with its own `sendmsg` right after the clock reading
-    /// (`--direct-send`); otherwise every reply goes through the ring.
+    /// Send a lone basic reply with its own `sendmsg` right after the clock
+    /// reading (`--direct-send`); otherwise every reply goes through the ring.
     pub direct_send: bool,
 }
 
@@ -173,6 +173,22 @@ struct Queued {
     situation: Situation,
     /// An NTS reply: its Authenticator is sealed after the transmit patch.
     seal: Option<SealJob>,
+}
+
+/// Where the reply at `index` of a batch of `len` leaves, as the send-latency
+/// estimator counts places: 0 for a lone basic reply sent directly with its
+/// own `sendmsg` right after the clock reading (`direct_send`: the shortest and
+/// steadiest path from the reading to the wire, which a basic reply's transmit
+/// timestamp rests on), else `index + 1` through the ring. Interleaved replies
+/// always take the ring: their exact transmit time is served later, and in A/B
+/// runs a direct send made them worse (median -0.7 against -0.3 us, half as
+/// many passing chrony's tests).
+fn send_place(direct_send: bool, index: usize, len: usize, interleave: bool) -> usize {
+    if direct_send && len == 1 && !interleave {
+        0
+    } else {
+        index + 1
+    }
 }
 
 /// What kind of reply a send slot carries, for counting on completion.
@@ -890,14 +906,14 @@ impl Worker {
         let sock = &mut self.sockets[socket];
         // Its place in the batch of sends, and how long the worker was idle
         // before it (see crate::server::sendlatency).
-        // (A lone basic reply goes out directly, place 0; the others through
-        // the ring, places 1 and on: see `flush_batch`. The
-        // place is final only then; this guess only paces the sampling.)
-        let place = if self.batch.is_empty() && !interleave && self.cfg.direct_send {
-            0
-        } else {
-            self.batch.len() + 1
-        };
+        // (The place is final only in `flush_batch`, when the batch is
+        // complete; this guess, as if it ended here, only paces the sampling.)
+        let place = send_place(
+            self.cfg.direct_send,
+            self.batch.len(),
+            self.batch.len() + 1,
+            interleave,
+        );
         let situation = Situation::new(wake.diff_nanos(self.last_flush), place);
         let calibrate = !interleave
             && patch
@@ -942,15 +958,12 @@ impl Worker {
         if self.batch.is_empty() {
             return Ok(());
         }
-        // A lone basic reply (a quiet worker, or a moderate rate of requests
-        // arriving one at a time) is sent with its own `sendmsg` right after
-        // the clock reading: the shortest and steadiest path from the reading
-        // to the wire, which is what a basic reply's transmit timestamp rests
-        // on. Several replies go through the ring in one system call, and so
-        // do interleaved replies (their exact transmit time is served later,
-        // and in A/B runs a direct send made them measurably worse: median
-        // -0.7 against -0.3 us, half as many passing chrony's tests).
-        let direct = self.cfg.direct_send && self.batch.len() == 1 && !self.batch[0].interleave;
+        let direct = send_place(
+            self.cfg.direct_send,
+            0,
+            self.batch.len(),
+            self.batch[0].interleave,
+        ) == 0;
         let now = self.served_now();
         let now_tick = ticks_from_ntp(now.to_bits());
         let sent_at = Instant::now();
@@ -958,11 +971,10 @@ impl Worker {
         for i in 0..self.batch.len() {
             let mut q = self.batch[i];
             let sock = &mut self.sockets[q.socket];
-            // The reading plus a low quantile of the send latencies measured
-            // in the same situation (place in the batch, idle time before
-            // it): a transmit time as close as it can be to the real one
-            // while staying before it (see crate::server::sendlatency).
-            // Place 0 is a direct send, 1 and on the ring's sends in order.
+            // The reading plus the floor of the send latencies measured in the
+            // same situation (place, idle time before it): a transmit time as
+            // close as it can be to the real one while staying before it (see
+            // crate::server::sendlatency).
             let place = if direct { 0 } else { i + 1 };
             q.situation = q.situation.at_place(place);
             let position = u16::try_from(place).unwrap_or(u16::MAX);
@@ -1009,7 +1021,7 @@ impl Worker {
             let fd = self.sockets[q.socket].fd;
             if direct {
                 let result = self.slots.send_now(fd, q.slot);
-                add(&self.cfg.stats.direct_sends, 1);
+                bump(&self.cfg.stats.direct_sends);
                 self.on_send_result(q.slot, result);
                 continue;
             }

@@ -18,9 +18,18 @@ use hwntpd::sys::privileges::ThreadCreds;
 
 const T: Duration = Duration::from_millis(1500);
 
-/// `GET path` over HTTP/1.0: (status code, body).
+/// `GET path` over HTTP/1.0: (status code, body). The server answers NTP a
+/// moment before its metrics endpoint listens, so a refused connection is
+/// retried for up to 5 s.
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, T).expect("connect to the metrics endpoint");
+    let mut s = retry(Duration::from_secs(5), || {
+        let c = TcpStream::connect_timeout(&addr, T).ok();
+        if c.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c
+    })
+    .expect("connect to the metrics endpoint");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
     let mut raw = String::new();

@@ -311,7 +311,13 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool, nts: bool) -> u64 {
             s2c: [4; 32],
         };
         let mut buf = [0u8; cookie::MAX_COOKIE_LEN];
-        let n = cookie::encode(&keys, keyset.current(), &mut rng, &mut buf).unwrap();
+        let n = cookie::encode(
+            &keys,
+            &mut cookie::MasterCiphers::new(&keyset),
+            &mut rng,
+            &mut buf,
+        )
+        .unwrap();
         (keys, buf[..n].to_vec())
     });
     let nts_state = nts.then(|| NtsState {

@@ -474,7 +474,13 @@ fn shared_key_file_and_require() {
     };
     let seal = |set: &KeySet| {
         let mut buf = [0u8; cookie::MAX_COOKIE_LEN];
-        let n = cookie::encode(&keys, set.current(), &mut self::rng(), &mut buf).unwrap();
+        let n = cookie::encode(
+            &keys,
+            &mut cookie::MasterCiphers::new(set),
+            &mut self::rng(),
+            &mut buf,
+        )
+        .unwrap();
         buf[..n].to_vec()
     };
     let (reply, uid) = ask(server.addr, &seal(&set), &keys, false);

@@ -13,7 +13,7 @@
 #![no_main]
 
 use hwntpd::nts::aead::Aead;
-use hwntpd::nts::cookie::{self, ClientKeys};
+use hwntpd::nts::cookie::{self, ClientKeys, MasterCiphers};
 use hwntpd::nts::keys::{KeySet, MasterKey};
 use hwntpd::nts::ntp::client::{check_reply, request, ReplyCheck};
 use hwntpd::nts::ntp::{check_request, seal, write_nak, write_reply, NtsCheck};
@@ -37,7 +37,7 @@ fn keyset() -> KeySet {
     .unwrap()
 }
 
-fn answer(packet: &[u8], set: &KeySet) -> Option<(Vec<u8>, NtsCheck)> {
+fn answer(packet: &[u8], set: &mut MasterCiphers) -> Option<(Vec<u8>, NtsCheck)> {
     let check = check_request(packet, set);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut out = [0u8; 1024];
@@ -66,12 +66,13 @@ fn answer(packet: &[u8], set: &KeySet) -> Option<(Vec<u8>, NtsCheck)> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let set = keyset();
+    // Expanded once per input and used for every step, as a worker keeps them.
+    let mut set = MasterCiphers::new(&keyset());
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
     if mode & 1 == 0 {
-        let _ = answer(rest, &set);
+        let _ = answer(rest, &mut set);
         return;
     }
     let mut header = [0u8; 48];
@@ -91,7 +92,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     let mut buf = [0u8; cookie::MAX_COOKIE_LEN];
-    let clen = cookie::encode(&keys, set.current(), &mut rng, &mut buf).unwrap();
+    let clen = cookie::encode(&keys, &mut set, &mut rng, &mut buf).unwrap();
     let uid = [0x5au8; 32];
     let nonce = vec![0x77u8; aead.nonce_len()];
     let mut req = request(&header, &uid, &buf[..clen], placeholders, &keys, &nonce);
@@ -109,7 +110,7 @@ fuzz_target!(|data: &[u8]| {
         .zip(&original)
         .enumerate()
         .any(|(i, (a, b))| a != b && !padding.contains(&i));
-    let out = answer(&req, &set);
+    let out = answer(&req, &mut set);
     if flipped {
         if let Some((_, NtsCheck::Authenticated(_))) = out {
             panic!("a tampered request authenticated");
@@ -121,7 +122,7 @@ fuzz_target!(|data: &[u8]| {
         ReplyCheck::Ok(cookies) => {
             assert_eq!(cookies.len(), placeholders + 1);
             for c in cookies {
-                assert_eq!(cookie::decode(&c, &set).unwrap(), keys);
+                assert_eq!(cookie::decode(&c, &mut set).unwrap(), keys);
             }
         }
         other => panic!("reply does not verify: {other:?}"),

@@ -6,7 +6,14 @@
 
 use aes_gcm_siv::aead::{AeadInPlace, KeyInit};
 use aes_gcm_siv::{Aes128GcmSiv, Nonce as GcmNonce, Tag as GcmTag};
-use aes_siv::siv::Aes128Siv;
+use aes_siv::siv::Siv;
+
+/// AES-SIV-CMAC-256 on encrypt-only AES-128: S2V (CMAC) and CTR only ever
+/// encrypt blocks, so the decryption key schedule `aes_siv::siv::Aes128Siv`
+/// (built on `aes::Aes128`) derives and carries is never used. The same
+/// algorithm (the RFC 5297 test vector below checks it), less key setup per
+/// message.
+type Aes128Siv = Siv<aes::Aes128Enc, cmac::Cmac<aes::Aes128Enc>>;
 
 /// Length of the authentication tag of both algorithms.
 pub const TAG_LEN: usize = 16;
@@ -95,13 +102,7 @@ impl Aead {
             return Err(AeadError);
         }
         match self {
-            Aead::AesSivCmac256 => {
-                let mut siv = Aes128Siv::new_from_slice(key).map_err(|_| AeadError)?;
-                let tag = siv
-                    .encrypt_in_place_detached([ad, nonce], data)
-                    .map_err(|_| AeadError)?;
-                Ok(tag.into())
-            }
+            Aead::AesSivCmac256 => SivKey::new(key)?.seal(nonce, ad, data),
             Aead::AesGcmSiv128 => {
                 let c = Aes128GcmSiv::new_from_slice(key).map_err(|_| AeadError)?;
                 let tag = c
@@ -126,11 +127,7 @@ impl Aead {
             return Err(AeadError);
         }
         match self {
-            Aead::AesSivCmac256 => {
-                let mut siv = Aes128Siv::new_from_slice(key).map_err(|_| AeadError)?;
-                siv.decrypt_in_place_detached([ad, nonce], data, tag.into())
-                    .map_err(|_| AeadError)
-            }
+            Aead::AesSivCmac256 => SivKey::new(key)?.open(nonce, ad, data, tag),
             Aead::AesGcmSiv128 => {
                 let c = Aes128GcmSiv::new_from_slice(key).map_err(|_| AeadError)?;
                 c.decrypt_in_place_detached(
@@ -142,6 +139,54 @@ impl Aead {
                 .map_err(|_| AeadError)
             }
         }
+    }
+}
+
+/// An AEAD_AES_SIV_CMAC_256 key, expanded once: for a key used for many
+/// messages (the master keys cookies are sealed under), so its key schedule and
+/// CMAC subkeys are not derived again for every message. Associated data and
+/// nonce are passed as RFC 8915 uses them: the associated data first, then the
+/// nonce, as two S2V headers.
+pub struct SivKey(Aes128Siv);
+
+impl SivKey {
+    /// Expand a 32-octet key; fails on any other length.
+    pub fn new(key: &[u8]) -> Result<SivKey, AeadError> {
+        Aes128Siv::new_from_slice(key)
+            .map(SivKey)
+            .map_err(|_| AeadError)
+    }
+
+    /// Encrypt `data` in place; returns the synthetic IV (the tag).
+    pub fn seal(
+        &mut self,
+        nonce: &[u8],
+        ad: &[u8],
+        data: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
+        if !Aead::AesSivCmac256.accepts_nonce(nonce.len()) {
+            return Err(AeadError);
+        }
+        self.0
+            .encrypt_in_place_detached([ad, nonce], data)
+            .map(Into::into)
+            .map_err(|_| AeadError)
+    }
+
+    /// Decrypt `data` in place and check it against `tag`.
+    pub fn open(
+        &mut self,
+        nonce: &[u8],
+        ad: &[u8],
+        data: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AeadError> {
+        if !Aead::AesSivCmac256.accepts_nonce(nonce.len()) {
+            return Err(AeadError);
+        }
+        self.0
+            .decrypt_in_place_detached([ad, nonce], data, tag.into())
+            .map_err(|_| AeadError)
     }
 }
 

@@ -305,10 +305,10 @@ fn serve_connection(mut tcp: TcpStream, server: &KeServer) -> Result<(), KeFailu
     let mut cookie_len = 0;
     if let KeDecision::Accept(aead) = decision {
         let keys = export_keys(&conn, aead).map_err(|_| KeFailure::Tls)?;
-        let set = server.keys.load();
+        let mut masters = cookie::MasterCiphers::new(&server.keys.load());
         let mut rng = rand::rngs::StdRng::from_os_rng();
         for c in &mut cookies {
-            cookie_len = cookie::encode(&keys, set.current(), &mut rng, c).ok_or(KeFailure::Tls)?;
+            cookie_len = cookie::encode(&keys, &mut masters, &mut rng, c).ok_or(KeFailure::Tls)?;
         }
         n_cookies = KE_COOKIES;
     }

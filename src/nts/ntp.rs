@@ -12,8 +12,7 @@
 use rand::RngCore;
 
 use super::aead::{Aead, MAX_KEY_LEN, TAG_LEN};
-use super::cookie::{self, ClientKeys, CookieError, MAX_COOKIE_LEN};
-use super::keys::KeySet;
+use super::cookie::{self, ClientKeys, CookieError, MasterCiphers, MAX_COOKIE_LEN};
 
 /// Extension field types (RFC 8915 section 7.6).
 pub mod ef {
@@ -113,7 +112,7 @@ const fn pad4(n: usize) -> usize {
 
 /// Check a request's NTS fields and authenticate it. `packet` is the whole
 /// request (header and extension fields); allocates nothing.
-pub fn check_request(packet: &[u8], keys: &KeySet) -> NtsCheck {
+pub fn check_request(packet: &[u8], masters: &mut MasterCiphers) -> NtsCheck {
     if packet.len() <= HEADER {
         return NtsCheck::Plain;
     }
@@ -169,7 +168,7 @@ pub fn check_request(packet: &[u8], keys: &KeySet) -> NtsCheck {
     let (Some(uid), Some(cookie), Some(auth), false) = (uid, cookie, auth, malformed) else {
         return NtsCheck::Drop(NtsDrop::Malformed);
     };
-    let client = match cookie::decode(&packet[cookie.at + 4..cookie.at + cookie.len], keys) {
+    let client = match cookie::decode(&packet[cookie.at + 4..cookie.at + cookie.len], masters) {
         Ok(k) => k,
         Err(why) => {
             return NtsCheck::Nak {
@@ -261,7 +260,7 @@ pub fn write_reply(
     out: &mut [u8],
     request: &[u8],
     req: &NtsRequest,
-    keys: &KeySet,
+    masters: &mut MasterCiphers,
     rng: &mut impl RngCore,
 ) -> Option<(usize, SealJob)> {
     let limit = request.len().min(out.len());
@@ -293,11 +292,10 @@ pub fn write_reply(
     } else {
         (ct_at, ct_at + data_len)
     };
-    let master = keys.current();
     let mut p = data_at;
     let mut buf = [0u8; MAX_COOKIE_LEN];
     for _ in 0..n {
-        let len = cookie::encode(&req.keys, master, rng, &mut buf)?;
+        let len = cookie::encode(&req.keys, masters, rng, &mut buf)?;
         o[p..p + 2].copy_from_slice(&ef::COOKIE.to_be_bytes());
         o[p + 2..p + 4].copy_from_slice(&(field_len as u16).to_be_bytes());
         o[p + 4..p + 4 + len].copy_from_slice(&buf[..len]);
@@ -477,6 +475,7 @@ pub mod client {
 mod tests {
     use super::client::*;
     use super::*;
+    use crate::nts::keys::KeySet;
     use rand::SeedableRng;
 
     fn setup(aead: Aead) -> (KeySet, ClientKeys, Vec<u8>, rand::rngs::StdRng) {
@@ -490,7 +489,7 @@ mod tests {
         rng.fill_bytes(&mut keys.c2s);
         rng.fill_bytes(&mut keys.s2c);
         let mut buf = [0u8; MAX_COOKIE_LEN];
-        let n = cookie::encode(&keys, set.current(), &mut rng, &mut buf).unwrap();
+        let n = cookie::encode(&keys, &mut MasterCiphers::new(&set), &mut rng, &mut buf).unwrap();
         (set, keys, buf[..n].to_vec(), rng)
     }
 
@@ -501,7 +500,7 @@ mod tests {
         h
     }
 
-    fn answer(req: &[u8], set: &KeySet, rng: &mut rand::rngs::StdRng) -> Vec<u8> {
+    fn answer(req: &[u8], set: &mut MasterCiphers, rng: &mut rand::rngs::StdRng) -> Vec<u8> {
         let NtsCheck::Authenticated(r) = check_request(req, set) else {
             panic!("not authenticated");
         };
@@ -518,6 +517,9 @@ mod tests {
     fn authenticated_round_trip_each_aead() {
         for aead in Aead::SUPPORTED {
             let (set, keys, cookie, mut rng) = setup(aead);
+            // One set of expanded master keys for every request, as a worker
+            // keeps it.
+            let mut set = MasterCiphers::new(&set);
             let uid = [0x5a; 32];
             for placeholders in [0, 1, 3] {
                 let req = request(
@@ -528,13 +530,13 @@ mod tests {
                     &keys,
                     &vec![1u8; aead.nonce_len()],
                 );
-                let reply = answer(&req, &set, &mut rng);
+                let reply = answer(&req, &mut set, &mut rng);
                 assert!(reply.len() <= req.len(), "{} > {}", reply.len(), req.len());
                 match check_reply(&reply, &uid, &keys) {
                     ReplyCheck::Ok(cookies) => {
                         assert_eq!(cookies.len(), 1 + placeholders, "{aead:?}");
                         for c in &cookies {
-                            assert_eq!(cookie::decode(c, &set).unwrap(), keys);
+                            assert_eq!(cookie::decode(c, &mut set).unwrap(), keys);
                         }
                     }
                     other => panic!("{aead:?}: {other:?}"),
@@ -552,14 +554,15 @@ mod tests {
 
     #[test]
     fn tampering_and_unknown_cookies() {
-        let (set, keys, cookie, mut rng) = setup(Aead::AesSivCmac256);
+        let (keyset, keys, cookie, mut rng) = setup(Aead::AesSivCmac256);
+        let mut set = MasterCiphers::new(&keyset);
         let uid = [7u8; 32];
         let req = request(&header(), &uid, &cookie, 0, &keys, &[2u8; 16]);
         // Any flipped bit in the header, the UID or the cookie's fields fails.
         for i in [0usize, 40, 47, 52, 60, 48 + 36 + 20] {
             let mut t = req.clone();
             t[i] ^= 0x10;
-            match check_request(&t, &set) {
+            match check_request(&t, &mut set) {
                 NtsCheck::Drop(NtsDrop::AuthFailed) | NtsCheck::Nak { .. } => {}
                 other => panic!("byte {i}: {other:?}"),
             }
@@ -569,12 +572,12 @@ mod tests {
         let n = t.len();
         t[n - 1] ^= 1;
         assert!(matches!(
-            check_request(&t, &set),
+            check_request(&t, &mut set),
             NtsCheck::Drop(NtsDrop::AuthFailed)
         ));
         // A cookie from a key the server never had: a NAK echoing the UID.
         let other = KeySet::generate(&mut rng, 0);
-        match check_request(&req, &other) {
+        match check_request(&req, &mut MasterCiphers::new(&other)) {
             NtsCheck::Nak {
                 uid_at,
                 uid_len,
@@ -588,8 +591,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A cookie from before two rotations still works.
-        let later = set.rotated(&mut rng, 1).rotated(&mut rng, 2);
-        let reply = answer(&req, &later, &mut rng);
+        let later = keyset.rotated(&mut rng, 1).rotated(&mut rng, 2);
+        let reply = answer(&req, &mut MasterCiphers::new(&later), &mut rng);
         assert!(matches!(
             check_reply(&reply, &uid, &keys),
             ReplyCheck::Ok(_)
@@ -599,30 +602,37 @@ mod tests {
     #[test]
     fn malformed_and_plain() {
         let (set, keys, cookie, _) = setup(Aead::AesGcmSiv128);
-        assert!(matches!(check_request(&header(), &set), NtsCheck::Plain));
+        let mut set = MasterCiphers::new(&set);
+        assert!(matches!(
+            check_request(&header(), &mut set),
+            NtsCheck::Plain
+        ));
         let mut unknown_ef = header().to_vec();
         unknown_ef.extend_from_slice(&[0x20, 0x00, 0x00, 0x10]);
         unknown_ef.extend_from_slice(&[0; 12]);
-        assert!(matches!(check_request(&unknown_ef, &set), NtsCheck::Plain));
+        assert!(matches!(
+            check_request(&unknown_ef, &mut set),
+            NtsCheck::Plain
+        ));
         let uid = [1u8; 32];
         let req = request(&header(), &uid, &cookie, 0, &keys, &[3u8; 12]);
         // Without the Authenticator.
         let auth_len = 4 + 4 + 12 + 16;
         assert!(matches!(
-            check_request(&req[..req.len() - auth_len], &set),
+            check_request(&req[..req.len() - auth_len], &mut set),
             NtsCheck::Drop(NtsDrop::Malformed)
         ));
         // A field after the Authenticator.
         let mut after = req.clone();
         after.extend_from_slice(&unknown_ef[48..]);
         assert!(matches!(
-            check_request(&after, &set),
+            check_request(&after, &mut set),
             NtsCheck::Drop(NtsDrop::Malformed)
         ));
         // A short Unique Identifier.
         let short = request(&header(), &[1u8; 16], &cookie, 0, &keys, &[3u8; 12]);
         assert!(matches!(
-            check_request(&short, &set),
+            check_request(&short, &mut set),
             NtsCheck::Drop(NtsDrop::Malformed)
         ));
         // A nonce of the wrong length for AES-GCM-SIV.
@@ -630,7 +640,7 @@ mod tests {
         k16.aead = Aead::AesSivCmac256;
         let wrong = request(&header(), &uid, &cookie, 0, &k16, &[3u8; 16]);
         assert!(matches!(
-            check_request(&wrong, &set),
+            check_request(&wrong, &mut set),
             NtsCheck::Drop(NtsDrop::Malformed)
         ));
     }
@@ -638,15 +648,16 @@ mod tests {
     #[test]
     fn reply_never_longer_than_request() {
         let (set, keys, cookie, mut rng) = setup(Aead::AesSivCmac256);
+        let mut set = MasterCiphers::new(&set);
         let uid = [9u8; 32];
         let req = request(&header(), &uid, &cookie, 2, &keys, &[4u8; 16]);
         // Cut the placeholders' room by claiming more placeholders than exist
         // is impossible; instead give the writer a smaller output buffer.
-        let NtsCheck::Authenticated(r) = check_request(&req, &set) else {
+        let NtsCheck::Authenticated(r) = check_request(&req, &mut set) else {
             panic!()
         };
         let mut out = vec![0u8; 48 + 36 + 40 + 108];
-        let (len, job) = write_reply(&mut out, &req, &r, &set, &mut rng).unwrap();
+        let (len, job) = write_reply(&mut out, &req, &r, &mut set, &mut rng).unwrap();
         assert!(len <= out.len());
         assert!(seal(&mut out[..len], &job));
         match check_reply(&out[..len], &uid, &keys) {
@@ -659,8 +670,8 @@ mod tests {
         #[test]
         fn check_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700)) {
             let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-            let set = KeySet::generate(&mut rng, 0);
-            let _ = check_request(&bytes, &set);
+            let mut set = MasterCiphers::new(&KeySet::generate(&mut rng, 0));
+            let _ = check_request(&bytes, &mut set);
         }
     }
 }

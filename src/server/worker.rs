@@ -24,6 +24,7 @@ use crate::net::socket::readiness;
 use crate::net::uring::{
     BufRing, Completion as Cqe, RecvTemplate, Ring, RingConfig, SendSlots, TxRing, SEND_PAYLOAD_MAX,
 };
+use crate::nts::cookie::MasterCiphers;
 use crate::nts::ntp::{check_request, seal, write_nak, write_reply, NtsCheck, NtsDrop, SealJob};
 use crate::nts::service::NtsState;
 use crate::policy::ratelimit::ticks_from_ntp;
@@ -230,6 +231,10 @@ pub struct Worker {
     leak_rng: u32,
     /// Nonces and cookie nonces of NTS replies (a CSPRNG seeded by the OS).
     rng: rand::rngs::StdRng,
+    /// The NTS master keys, expanded: kept across requests, rebuilt when the
+    /// key set changes (a rotation or a key-file reload). `None` until the
+    /// first NTS request.
+    nts_masters: Option<MasterCiphers>,
     cfg: WorkerConfig,
 }
 
@@ -301,6 +306,7 @@ impl Worker {
             // Any non-zero seed; different per worker and per run.
             leak_rng: (realtime::now_unix().1 ^ (cfg.id as u32).wrapping_mul(0x9e37_79b9)) | 1,
             rng: rand::rngs::StdRng::from_os_rng(),
+            nts_masters: None,
             cfg,
         };
         w.broadcasts.refresh(&w.cfg.guards.broadcasts.get());
@@ -795,7 +801,11 @@ impl Worker {
         if let (Some(nts), Admission::Allow) = (&self.cfg.nts, ctx.admission) {
             if classify(msg.payload, &source).is_ok() {
                 let keys = nts.keys.load();
-                match check_request(msg.payload, &keys) {
+                let masters = self
+                    .nts_masters
+                    .get_or_insert_with(|| MasterCiphers::new(&keys));
+                masters.refresh(&keys);
+                match check_request(msg.payload, masters) {
                     NtsCheck::Plain if nts.require => {
                         bump(&stats.nts_unauthenticated_refused);
                         ctx.admission = Admission::Kod(KissCode::Deny);
@@ -834,8 +844,11 @@ impl Worker {
                         write_nak(out, msg.payload, at, len)
                     }
                     (ReplyKind::Basic | ReplyKind::Interleaved { .. }, _, Some(req)) => {
-                        let keys = self.cfg.nts.as_ref().map(|n| n.keys.load());
-                        keys.and_then(|k| write_reply(out, msg.payload, req, &k, &mut self.rng))
+                        // Checked with these ciphers just above (an
+                        // authenticated request implies them).
+                        self.nts_masters
+                            .as_mut()
+                            .and_then(|m| write_reply(out, msg.payload, req, m, &mut self.rng))
                             .map(|(len, job)| {
                                 bump(&stats.nts_requests);
                                 seal_job = Some(job);

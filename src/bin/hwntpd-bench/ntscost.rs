@@ -6,7 +6,7 @@
 //! time splits between the steps.
 
 use hwntpd::nts::aead::Aead;
-use hwntpd::nts::cookie::{self, ClientKeys};
+use hwntpd::nts::cookie::{self, ClientKeys, MasterCiphers};
 use hwntpd::nts::keys::KeySet;
 use hwntpd::nts::ntp::{check_request, client, seal, write_reply, NtsCheck};
 use rand::SeedableRng as _;
@@ -23,7 +23,8 @@ pub struct NtsCostArgs {
 pub fn run(args: &NtsCostArgs) -> anyhow::Result<()> {
     let count = args.count.clamp(1, 10_000_000);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let set = KeySet::generate(&mut rng, 0);
+    // Expanded once, as a worker keeps them.
+    let mut set = MasterCiphers::new(&KeySet::generate(&mut rng, 0));
     for aead in Aead::SUPPORTED {
         let keys = ClientKeys {
             aead,
@@ -31,7 +32,7 @@ pub fn run(args: &NtsCostArgs) -> anyhow::Result<()> {
             s2c: [2; 32],
         };
         let mut buf = [0u8; cookie::MAX_COOKIE_LEN];
-        let n = cookie::encode(&keys, set.current(), &mut rng, &mut buf).unwrap();
+        let n = cookie::encode(&keys, &mut set, &mut rng, &mut buf).unwrap();
         let mut header = [0u8; 48];
         header[0] = 0x23;
         let req = client::request(
@@ -49,11 +50,11 @@ pub fn run(args: &NtsCostArgs) -> anyhow::Result<()> {
         for (steps, slot) in per_step.iter_mut().enumerate() {
             let t0 = thread_cpu_ns();
             for _ in 0..count {
-                let NtsCheck::Authenticated(r) = check_request(&req, &set) else {
+                let NtsCheck::Authenticated(r) = check_request(&req, &mut set) else {
                     anyhow::bail!("the request did not authenticate");
                 };
                 if steps >= 1 {
-                    let (len, job) = write_reply(&mut out, &req, &r, &set, &mut rng).unwrap();
+                    let (len, job) = write_reply(&mut out, &req, &r, &mut set, &mut rng).unwrap();
                     if steps >= 2 {
                         assert!(seal(&mut out[..len], &job));
                     }

@@ -116,14 +116,21 @@ impl MasterCiphers {
         }
     }
 
+    /// Expand every key of a shared set, remembering which set it was, so that
+    /// [`MasterCiphers::refresh`] with the same set does nothing.
+    pub fn shared(set: &Arc<KeySet>) -> MasterCiphers {
+        MasterCiphers {
+            source: Some(Arc::clone(set)),
+            ..MasterCiphers::new(set)
+        }
+    }
+
     /// Make these the ciphers of `set`: nothing to do (and no allocation) if
     /// they already are.
     pub fn refresh(&mut self, set: &Arc<KeySet>) {
-        if self.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
-            return;
+        if !self.source.as_ref().is_some_and(|s| Arc::ptr_eq(s, set)) {
+            *self = MasterCiphers::shared(set);
         }
-        *self = MasterCiphers::new(set);
-        self.source = Some(Arc::clone(set));
     }
 
     fn find(&mut self, id: u32) -> Option<&mut SivKey> {

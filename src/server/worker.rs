@@ -801,10 +801,13 @@ impl Worker {
         if let (Some(nts), Admission::Allow) = (&self.cfg.nts, ctx.admission) {
             if classify(msg.payload, &source).is_ok() {
                 let keys = nts.keys.load();
-                let masters = self
-                    .nts_masters
-                    .get_or_insert_with(|| MasterCiphers::new(&keys));
-                masters.refresh(&keys);
+                let masters = match &mut self.nts_masters {
+                    Some(m) => {
+                        m.refresh(&keys);
+                        m
+                    }
+                    None => self.nts_masters.insert(MasterCiphers::shared(&keys)),
+                };
                 match check_request(msg.payload, masters) {
                     NtsCheck::Plain if nts.require => {
                         bump(&stats.nts_unauthenticated_refused);

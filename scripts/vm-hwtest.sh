@@ -12,7 +12,9 @@
 #   2. builds the guest binaries statically (glibc +crt-static) into target/vm:
 #      scripts/vm/probe (always) and, when asked, hwntpd itself;
 #   3. builds an initramfs: busybox, modules, scripts/vm/init.sh as /init,
-#      scripts/vm/guest-test.sh, the binaries in GUEST_BINARIES below;
+#      scripts/vm/guest-test.sh, the binaries in GUEST_BINARIES below, and an NTS
+#      CA and server certificate for the guest's server address (made here with
+#      openssl) in /etc/nts;
 #   4. boots QEMU (TCG, two NICs of one model on one hub) once per model in VM_NICS,
 #      prints the guest's CHECK lines and exits 0 only if every guest printed
 #      "VM-HWTEST RESULT: PASS".
@@ -141,6 +143,7 @@ ensure_host_packages() {
     have_busybox_static || pkgs+=(busybox-static)
     command -v cpio >/dev/null 2>&1 || pkgs+=(cpio)
     command -v xz >/dev/null 2>&1 || pkgs+=(xz-utils)
+    command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
     if [ ${#pkgs[@]} -gt 0 ]; then
         apt_update
         apt_install "${pkgs[@]}"
@@ -289,6 +292,7 @@ build_initramfs() {
     for entry in "${GUEST_BINARIES[@]}"; do
         copy_with_libs "${entry%%:*}" "/bin/${entry##*:}"
     done
+    make_nts_certs "$root/etc/nts"
     # Settings the guest reads (a file, not the kernel command line: easier to extend).
     cat >"$root/etc/vm-test.conf" <<EOF
 VM_NIC=$VM_NIC
@@ -296,6 +300,23 @@ GUEST_BINARIES="$(for entry in "${GUEST_BINARIES[@]}"; do printf '%s ' "${entry#
 EOF
     (cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -1) >"$WORK/initrd.gz"
     log "initramfs: $(du -h "$WORK/initrd.gz" | cut -f1) with /bin: $(ls "$root/bin" | tr '\n' ' ')"
+}
+
+# make_nts_certs DIR: a CA and a server certificate for the guest's server address
+# (10.99.0.1, scripts/vm/init.sh), valid two days, for the NTS check in guest-test.sh.
+make_nts_certs() {
+    local d=$1 ip=10.99.0.1
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+    mkdir -p "$d"
+    (
+        cd "$WORK"
+        openssl req -x509 "${ec[@]}" -keyout ca.key -out "$d/ca.pem" -days 2 -subj "/CN=vm-hwtest CA"
+        openssl req "${ec[@]}" -keyout "$d/server.key" -out server.csr -subj "/CN=$ip"
+        printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' \
+            "$ip" >ext.cnf
+        openssl x509 -req -in server.csr -CA "$d/ca.pem" -CAkey ca.key -CAcreateserial \
+            -out "$d/server.pem" -days 2 -extfile ext.cnf
+    ) >"$WORK/openssl.log" 2>&1 || { cat "$WORK/openssl.log"; die "cannot make the NTS certificates"; }
 }
 
 # ------------------------------------------------------------------ 4. boot and judge

@@ -157,11 +157,16 @@ if [ "${VM_NIC:-igb}" = e1000e ] && [ -x /bin/hwntpd ] && [ -x /bin/hwntpd-bench
 fi
 
 # Sections 2 and 3 expect igb (hardware TX stamps, a PHC that keeps time).
+# The server also serves NTS (certificates made by the host in /etc/nts), so the
+# NTS check below runs on the same hardware-timestamped path.
 if [ "${VM_NIC:-igb}" = igb ] && [ -x /bin/hwntpd ]; then
     STATS=/tmp/hwntpd-stats
     LOG=/tmp/hwntpd.log
+    NTS_ARGS=
+    [ -f /etc/nts/server.pem ] && NTS_ARGS="--nts-cert /etc/nts/server.pem --nts-key /etc/nts/server.key --nts-ke-listen $SRV_IP:4460"
+    # shellcheck disable=SC2086 # NTS_ARGS is a list of words
     hwntpd --interface "$SRV_IF" --reference local --listen "$SRV_IP:123" --workers 1 \
-        --stats-file "$STATS" --stats-interval 1 --log-level info >"$LOG" 2>&1 &
+        --stats-file "$STATS" --stats-interval 1 --log-level info $NTS_ARGS >"$LOG" 2>&1 &
     SRV_PID=$!
     # PHC tracking needs a few readings before hardware stamps are converted.
     wait_for_phc_tracking "$LOG" $SRV_PID
@@ -208,6 +213,31 @@ if [ "${VM_NIC:-igb}" = igb ] && [ -x /bin/hwntpd ]; then
         else
             check hwntpd-hw-tx-utc FAIL "$inside inside, $outside outside: $(grep 'exact transmit' /tmp/client.log | tr '\n' '|')"
         fi
+        # NTS (RFC 8915) on the same path: an NTS-KE session over TLS 1.3, then
+        # authenticated interleaved requests. Every reply must verify, and the
+        # interleaved ones must serve the NIC's transmit time as above.
+        if [ -n "$NTS_ARGS" ]; then
+            in_cli timeout 60 hwntpd-bench query --server "$SRV_IP:123" --count 8 --interleaved \
+                --interval-ms 300 --nts-ke "$SRV_IP:4460" --nts-ca /etc/nts/ca.pem \
+                >/tmp/client-nts.log 2>&1
+            valid=$(grep -c "^  nts: authenticated" /tmp/client-nts.log)
+            unauth=$(grep -c "^  nts: .*not a valid reply" /tmp/client-nts.log)
+            inter=$(grep -c "^#.*interleaved" /tmp/client-nts.log)
+            inside=$(grep -c "inside: yes" /tmp/client-nts.log)
+            outside=$(grep -c "inside: no" /tmp/client-nts.log)
+            if [ "$valid" -ge 6 ] && [ "$unauth" -eq 0 ] && [ "$inter" -ge 3 ]; then
+                check hwntpd-nts-interleaved PASS "$valid of 8 replies authenticated (none failed), $inter interleaved; $(grep -m1 '^NTS-KE' /tmp/client-nts.log)"
+            else
+                check hwntpd-nts-interleaved FAIL "$valid authenticated, $unauth failed, $inter interleaved: $(grep -E '^NTS-KE|nts:|hwntpd-bench' /tmp/client-nts.log | tail -4 | tr '\n' '|')"
+            fi
+            if [ "$inside" -ge 3 ] && [ "$outside" -eq 0 ]; then
+                check hwntpd-nts-hw-tx-utc PASS "$inside authenticated exact transmit times inside [server rx, client rx]"
+            else
+                check hwntpd-nts-hw-tx-utc FAIL "$inside inside, $outside outside: $(grep 'exact transmit' /tmp/client-nts.log | tr '\n' '|')"
+            fi
+        else
+            check hwntpd-nts FAIL "no /etc/nts/server.pem in the guest (the host makes it)"
+        fi
     else
         check hwntpd-query FAIL "no hwntpd-bench in the guest"
     fi
@@ -223,12 +253,22 @@ if [ "${VM_NIC:-igb}" = igb ] && [ -x /bin/hwntpd ]; then
     else
         check hwntpd-hw-tx-stamps FAIL "hardware TX stamps $hw, kernel $kern, interleaved replies $inter_srv, pre-send served $daemon"
     fi
+    nts_req=$(stat 'hwntpd_nts_requests_total')
+    nts_ke=$(stat 'hwntpd_nts_ke_sessions_total')
+    nts_bad=$(($(stat 'hwntpd_nts_naks_total') + $(stat 'hwntpd_nts_auth_failures_total') + $(stat 'hwntpd_nts_malformed_total')))
+    if [ "$nts_req" -ge 6 ] && [ "$nts_ke" -ge 1 ] && [ "$nts_bad" -eq 0 ]; then
+        check hwntpd-nts-counters PASS "NTS-KE sessions $nts_ke, NTS requests $nts_req, NAKs/auth failures/malformed $nts_bad"
+    else
+        check hwntpd-nts-counters FAIL "NTS-KE sessions $nts_ke, NTS requests $nts_req, NAKs/auth failures/malformed $nts_bad"
+    fi
     kill $SRV_PID 2>/dev/null
     wait $SRV_PID 2>/dev/null
     echo "---- hwntpd log ----"
     cat "$LOG"
     echo "---- client ----"
     cat /tmp/client.log 2>/dev/null
+    echo "---- NTS client ----"
+    cat /tmp/client-nts.log 2>/dev/null
     echo "---- hwntpd stats (non-zero) ----"
     grep -v '^#' "$STATS" 2>/dev/null | grep -v ' 0$'
 fi

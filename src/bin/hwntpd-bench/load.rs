@@ -95,21 +95,8 @@ pub struct LoadArgs {
     /// Socket buffer size in bytes for each client socket.
     #[arg(long, default_value_t = 1 << 20)]
     pub sockbuf: usize,
-    /// Speak NTS (RFC 8915): one NTS-KE session with this server first, then
-    /// every request carries its first cookie, a fresh Unique Identifier and
-    /// an Authenticator (sealed per request by the generator). A reply counts
-    /// as valid only if it carries NTS fields (a NAK counts as a KoD).
-    #[arg(long, value_name = "ADDR:PORT", requires = "nts_ca")]
-    pub nts_ke: Option<SocketAddr>,
-    /// PEM file of the CA (or certificate) the NTS-KE server's certificate chains to.
-    #[arg(long, value_name = "PATH")]
-    pub nts_ca: Option<PathBuf>,
-    /// Name to verify the NTS-KE certificate for (default: the --nts-ke address).
-    #[arg(long)]
-    pub nts_name: Option<String>,
-    /// AEAD to offer (15: AES-SIV-CMAC-256, as chrony prefers; 30: AES-128-GCM-SIV).
-    #[arg(long, default_value_t = 15)]
-    pub nts_aead: u16,
+    #[command(flatten)]
+    pub nts: crate::ntske::NtsArgs,
 }
 
 /// An NTS session for the generator: keys, the cookie every request carries,
@@ -131,28 +118,13 @@ const NTS_UID_LEN: usize = 32;
 const NTS_NONCE_LEN: usize = 16;
 
 impl NtsClient {
-    fn start(args: &LoadArgs, ke: SocketAddr) -> anyhow::Result<NtsClient> {
-        use hwntpd::nts::{ke_client, ke_records, ntp::ef, ALPN_NTSKE};
-        let ca = args.nts_ca.as_ref().context("--nts-ke needs --nts-ca")?;
-        let name = args.nts_name.clone().unwrap_or_else(|| ke.ip().to_string());
-        let cfg = ke_client::client_config(ca, &[ALPN_NTSKE])?;
-        let out = ke_client::exchange(
-            cfg,
-            ke,
-            &name,
-            &ke_records::client_request(&[args.nts_aead]),
-            Duration::from_secs(5),
-        )
-        .context("NTS-KE session")?;
-        let keys = out
-            .keys
-            .with_context(|| format!("NTS-KE: no AEAD in common: {:?}", out.response))?;
-        let cookie = out
-            .response
-            .cookies
-            .first()
-            .context("NTS-KE: no cookie")?
-            .clone();
+    fn start(args: &crate::ntske::NtsArgs) -> anyhow::Result<Option<NtsClient>> {
+        use hwntpd::nts::ntp::ef;
+        let Some(session) = args.session()? else {
+            return Ok(None);
+        };
+        let keys = session.keys;
+        let cookie = session.cookies[0].clone();
         let mut t = Vec::new();
         let field = |t: &mut Vec<u8>, ty: u16, body_len: usize, body: &[u8]| {
             t.extend_from_slice(&ty.to_be_bytes());
@@ -177,15 +149,15 @@ impl NtsClient {
         eprintln!(
             "NTS-KE: AEAD {} , {} cookies of {} octets; requests of {len} octets",
             keys.aead.id(),
-            out.response.cookies.len(),
+            session.cookies.len(),
             cookie.len()
         );
-        Ok(NtsClient {
+        Ok(Some(NtsClient {
             keys,
             auth_at,
             len,
             template: t,
-        })
+        }))
     }
 
     /// Fill the NTS part of request `b` (header already final) and seal it.
@@ -558,10 +530,7 @@ impl<'a> Generator<'a> {
             epoll.add_readable(s.as_raw_fd(), i as u64)?;
             socks.push(s);
         }
-        let nts = args
-            .nts_ke
-            .map(|ke| NtsClient::start(args, ke))
-            .transpose()?;
+        let nts = NtsClient::start(&args.nts)?;
         let batch = args.batch.clamp(1, 1024);
         let mut tx = Batch::new(batch, false);
         for i in 0..batch {

@@ -8,6 +8,7 @@ mod floor;
 mod hist;
 mod load;
 mod ntscost;
+mod ntske;
 mod query;
 mod sys;
 

@@ -1,13 +1,16 @@
 //! A short NTP client that prints every field of each reply, the offset and the
 //! delay; with `--interleaved` it speaks RFC 9769 as chrony's `xleave` client
-//! does and computes the interleaved offset and delay.
+//! does and computes the interleaved offset and delay. With `--nts-ke` every
+//! request is NTS-authenticated (RFC 8915) and every reply verified.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
+use hwntpd::nts::ntp::client::{check_reply, request as nts_request, ReplyCheck};
 use hwntpd::protocol::packet::{mode, Header, HEADER_LEN};
 use hwntpd::protocol::{LeapIndicator, NtpShort, NtpTimestamp};
+use rand::{RngCore, SeedableRng};
 
 /// Options of the `query` subcommand.
 #[derive(clap::Args, Debug)]
@@ -27,6 +30,8 @@ pub struct QueryArgs {
     /// Milliseconds to wait for each reply.
     #[arg(long, default_value_t = 1000)]
     pub timeout_ms: u64,
+    #[command(flatten)]
+    pub nts: crate::ntske::NtsArgs,
 }
 
 /// The local clock (CLOCK_REALTIME) as an NTP timestamp.
@@ -184,6 +189,16 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<()> {
     let mut prev: Option<Previous> = None;
     let mut valid = 0u32;
     let mut buf = [0u8; 1024];
+    let mut nts = args.nts.session()?;
+    if let (Some(s), Some(ke)) = (&nts, args.nts.nts_ke) {
+        println!(
+            "NTS-KE {ke}: AEAD {}, {} cookies",
+            s.keys.aead.id(),
+            s.cookies.len()
+        );
+    }
+    let mut rng = rand::rngs::StdRng::from_os_rng();
+    let mut uid = [0u8; 32];
     for i in 0..args.count {
         if i > 0 {
             std::thread::sleep(Duration::from_millis(args.interval_ms));
@@ -209,7 +224,21 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<()> {
         header
             .write(&mut req)
             .context("encoding request (internal error)")?;
-        sock.send(&req).context("sending request")?;
+        let packet = match nts.as_mut() {
+            None => req.to_vec(),
+            Some(s) => {
+                // One cookie per request; ask for a refill of what is short of 8.
+                let Some(cookie) = s.cookies.pop() else {
+                    bail!("NTS: out of cookies (the server's replies carried none)");
+                };
+                let placeholders = 7usize.saturating_sub(s.cookies.len());
+                rng.fill_bytes(&mut uid);
+                let mut nonce = [0u8; 16];
+                rng.fill_bytes(&mut nonce);
+                nts_request(&req, &uid, &cookie, placeholders, &s.keys, &nonce)
+            }
+        };
+        sock.send(&packet).context("sending request")?;
         let deadline = Instant::now() + timeout;
         let reply = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -251,6 +280,17 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<()> {
             continue;
         };
         let pivot = unix_now();
+        let nts_verdict = nts
+            .as_mut()
+            .map(|s| match check_reply(&buf[..len], &uid, &s.keys) {
+                ReplyCheck::Ok(cookies) => {
+                    let n = cookies.len();
+                    s.cookies.extend(cookies);
+                    Ok(format!("authenticated, {n} new cookie(s)"))
+                }
+                ReplyCheck::Nak => Err("NAK (KoD NTSN)".to_string()),
+                ReplyCheck::Bad(why) => Err(format!("not authenticated: {why}")),
+            });
         let interleaved = xleave_prev.is_some() && h.origin == header.receive;
         println!(
             "#{i}: {len} octets from {}, {}",
@@ -258,6 +298,15 @@ pub fn run(args: &QueryArgs) -> anyhow::Result<()> {
             if interleaved { "interleaved" } else { "basic" }
         );
         print_header(&h, pivot);
+        match &nts_verdict {
+            None => {}
+            Some(Ok(v)) => println!("  nts: {v}"),
+            Some(Err(v)) => {
+                println!("  nts: {v}; not a valid reply");
+                prev = None;
+                continue;
+            }
+        }
         if h.mode != mode::SERVER || h.stratum == 0 {
             println!(
                 "  not a valid server reply (mode {}, stratum {}{})",

@@ -22,5 +22,6 @@ pub mod net;
 pub mod nts;
 pub mod policy;
 pub mod protocol;
+pub mod sample;
 pub mod server;
 pub mod sys;

@@ -321,12 +321,10 @@ impl ClientTable {
         self.records.len() * BYTES_PER_RECORD
     }
 
-    /// Records in use (a scan: for statistics, not the packet path).
+    /// Records in use: exact for small tables, otherwise estimated from a
+    /// sample ([`crate::sample::occupied`]; for metrics, not the packet path).
     pub fn used(&self) -> usize {
-        self.records
-            .iter()
-            .filter(|r| r.tag.load(Ordering::Relaxed) != 0)
-            .count()
+        crate::sample::occupied(&self.records, WAYS, |r| r.tag.load(Ordering::Relaxed) != 0)
     }
 
     /// Find `key`'s record, making one (in an empty record, else in place of
@@ -583,6 +581,31 @@ mod tests {
         // IPv4-mapped counts as IPv4
         assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
         assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+    }
+
+    /// On a table larger than the sample, `used` is an estimate close to
+    /// the exact count (a full scan of a large table stalled the workers).
+    #[test]
+    fn used_is_sampled_on_large_tables() {
+        // A random key: the fixed test key's small multipliers put every
+        // IPv4 client in one bucket.
+        let t = ClientTable::new(1 << 18, KeyedHash::random());
+        let lim = RateLimit::default();
+        for i in 0..60_000u32 {
+            let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+            t.check(key(&ip.to_string()), 1000, &lim, NO_LEAK);
+        }
+        let exact = t
+            .records
+            .iter()
+            .filter(|r| r.tag.load(Ordering::Relaxed) != 0)
+            .count();
+        assert!(exact > 55_000, "{exact}");
+        let est = t.used();
+        assert!(
+            est.abs_diff(exact) * 100 <= exact * 10,
+            "estimate {est}, exact {exact}"
+        );
     }
 
     #[test]

@@ -428,7 +428,11 @@ fn serving_allocates_nothing_per_packet() {
         "and records a backtrace"
     );
 
-    let mut modes = vec![TxTimestampMode::Off, TxTimestampMode::ErrorQueue];
+    let mut modes = vec![
+        TxTimestampMode::Off,
+        TxTimestampMode::ErrorQueue,
+        TxTimestampMode::AfterSend,
+    ];
     if probe_tx_timestamp_command() {
         modes.push(TxTimestampMode::UringCommand);
     } else {

@@ -101,6 +101,9 @@ impl TimestampingPlan {
                 format!("{kind}, collected by io_uring's TX-timestamp socket command")
             }
             TxTimestampMode::ErrorQueue => format!("{kind}, collected from the socket error queue"),
+            TxTimestampMode::AfterSend => {
+                format!("{kind}, read from the socket error queue right after each send")
+            }
         }
     }
 }
@@ -163,6 +166,9 @@ pub fn plan(args: &Args) -> Result<TimestampingPlan> {
     let user = args.timestamping == TimestampingArg::User;
     let tx_mode = if user || args.interleave_entries == 0 {
         TxTimestampMode::Off
+    } else if !tx_hw {
+        tracing::info!("transmit timestamps: kernel software stamps, read from the error queue right after each send (nothing armed on the socket to wake between a stamp and the packet's departure)");
+        TxTimestampMode::AfterSend
     } else if probe_tx_timestamp_command() {
         tracing::info!(
             "transmit timestamps: io_uring TX-timestamp command available (Linux 6.15+)"

@@ -348,7 +348,8 @@ pub struct Args {
     pub log_level: String,
 
     /// NTS: the server's TLS certificate chain (PEM). With --nts-key, starts the
-    /// NTS-KE server and serves NTS on the NTP sockets.
+    /// NTS-KE server and serves NTS on the NTP sockets. Both files are read
+    /// again within a second when either changes (a renewal needs no restart).
     #[arg(long, value_name = "PATH", requires = "nts_key")]
     pub nts_cert: Option<PathBuf>,
 

@@ -567,3 +567,67 @@ fn ke_limits_slow_clients() {
     });
     assert!(stat(&s, "hwntpd_nts_ke_sessions_total") >= 1);
 }
+
+/// A certificate renewed in place (new files at the same paths, as an ACME
+/// client writes them) serves the next handshakes without a restart; a pair
+/// that does not match (the certificate written, the key not yet) keeps the
+/// running one.
+#[test]
+fn certificate_renewed_in_place() {
+    let dir = tempdir("nts-renew");
+    let (dir_a, dir_b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let (Some(a), Some(b)) = (make_certs(&dir_a), make_certs(&dir_b)) else {
+        return;
+    };
+    let live = Certs {
+        ca: a.ca.clone(),
+        cert: dir.join("live.pem"),
+        key: dir.join("live.key"),
+    };
+    std::fs::copy(&a.cert, &live.cert).unwrap();
+    std::fs::copy(&a.key, &live.key).unwrap();
+    let ke_port = free_tcp_port();
+    let server = start_nts("nts-renew", &live, ke_port, &[]);
+    let with_ca = |ca: &Path| Certs {
+        ca: ca.to_path_buf(),
+        cert: live.cert.clone(),
+        key: live.key.clone(),
+    };
+    let (trust_a, trust_b) = (with_ca(&a.ca), with_ca(&b.ca));
+    assert!(ke(&trust_a, ke_port, &client_request(&[15]))
+        .unwrap()
+        .keys
+        .is_some());
+
+    // Half renewed: B's certificate with A's key. Kept: A still serves.
+    std::fs::copy(&b.cert, &live.cert).unwrap();
+    let warned = retry(Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(100));
+        server
+            .log()
+            .contains("do not make a TLS configuration")
+            .then_some(())
+    });
+    assert!(warned.is_some(), "{}", server.log());
+    assert!(ke(&trust_a, ke_port, &client_request(&[15]))
+        .unwrap()
+        .keys
+        .is_some());
+
+    // The key follows: B serves, A no longer verifies.
+    std::fs::copy(&b.key, &live.key).unwrap();
+    let renewed = retry(Duration::from_secs(5), || {
+        std::thread::sleep(Duration::from_millis(100));
+        let ok = ke(&trust_b, ke_port, &client_request(&[15])).ok()?;
+        ok.keys.is_some().then_some(())
+    });
+    assert!(renewed.is_some(), "{}", server.log());
+    assert!(ke(&trust_a, ke_port, &client_request(&[15])).is_err());
+    let s = server.wait_stats("the reload counted", |s| {
+        stat(s, "hwntpd_nts_ke_certificate_reloads_total") == 1
+    });
+    assert!(stat(&s, "hwntpd_nts_ke_sessions_total") >= 3);
+    assert!(server.log().contains("NTS-KE certificate reloaded"));
+}

@@ -15,7 +15,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,8 +40,12 @@ pub type Admit = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 pub struct KeServer {
     /// TCP addresses to listen on.
     pub listen: Vec<SocketAddr>,
-    /// TLS configuration ([`tls_config`]).
-    pub tls: Arc<ServerConfig>,
+    /// TLS configuration ([`tls_config`]); replaced when the files change.
+    pub tls: Arc<ArcSwap<ServerConfig>>,
+    /// The certificate and key files, watched: when either changes, the pair
+    /// is read again and, if it makes a TLS configuration (the key matching
+    /// the certificate), serves the next handshakes. `None`: never reloaded.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
     /// The master keys cookies are sealed under.
     pub keys: Arc<ArcSwap<KeySet>>,
     /// NTPv4 server and port records to send.
@@ -162,10 +166,61 @@ impl KeServer {
     }
 }
 
+/// The modification time and length of each file, to notice a change.
+fn files_stamp(files: &(PathBuf, PathBuf)) -> [Option<(std::time::SystemTime, u64)>; 2] {
+    [&files.0, &files.1].map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    })
+}
+
+/// Follows the certificate and key files (a certificate renewed in place,
+/// e.g. by an ACME client, is served without a restart).
+struct TlsWatch {
+    seen: [Option<(std::time::SystemTime, u64)>; 2],
+    checked: std::time::Instant,
+}
+
+impl TlsWatch {
+    /// At most once a second: if a file changed, build a new configuration
+    /// and store it; a pair that does not make one (a key not yet written,
+    /// a mismatch) is logged and the running configuration kept.
+    fn check(&mut self, server: &KeServer) {
+        let Some(files) = &server.tls_files else {
+            return;
+        };
+        if self.checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.checked = std::time::Instant::now();
+        let now = files_stamp(files);
+        if now == self.seen {
+            return;
+        }
+        self.seen = now;
+        match tls_config(&files.0, &files.1) {
+            Ok(cfg) => {
+                server.tls.store(cfg);
+                count(&server.stats.nts_ke_tls_reloads);
+                tracing::info!(cert = %files.0.display(), "NTS-KE certificate reloaded (the files changed)");
+            }
+            Err(e) => tracing::warn!(
+                cert = %files.0.display(),
+                "NTS-KE certificate files changed but do not make a TLS configuration; keeping the running one: {e:#}"
+            ),
+        }
+    }
+}
+
 fn accept_loop(listeners: &[TcpListener], server: &Arc<KeServer>, stop: &AtomicBool) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let active = Arc::new(AtomicUsize::new(0));
+    let mut watch = TlsWatch {
+        seen: server.tls_files.as_ref().map_or([None, None], files_stamp),
+        checked: std::time::Instant::now(),
+    };
     while !stop.load(Ordering::Relaxed) {
+        watch.check(server);
         let mut fds: Vec<PollFd> = listeners
             .iter()
             .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
@@ -259,7 +314,7 @@ fn serve_connection(mut tcp: TcpStream, server: &KeServer) -> Result<(), KeFailu
         .map_err(|_| KeFailure::Io)?;
     tcp.set_write_timeout(Some(step))
         .map_err(|_| KeFailure::Io)?;
-    let mut conn = ServerConnection::new(server.tls.clone()).map_err(|_| KeFailure::Tls)?;
+    let mut conn = ServerConnection::new(server.tls.load_full()).map_err(|_| KeFailure::Tls)?;
     let mut request = Vec::with_capacity(256);
     let mut buf = [0u8; 1024];
     let mut alpn_checked = false;

@@ -109,7 +109,8 @@ pub fn start(
     if let (Some(cert), Some(key)) = (&args.nts_cert, &args.nts_key) {
         let server = KeServer {
             listen: args.nts_ke_listen_addrs(),
-            tls: tls_config(cert, key)?,
+            tls: Arc::new(ArcSwap::new(tls_config(cert, key)?)),
+            tls_files: Some((cert.clone(), key.clone())),
             keys: keys.clone(),
             hint: server_hint(args, ntp_listen),
             max_connections: args.nts_ke_connections as usize,

@@ -184,6 +184,7 @@ counters! {
     nts_ke_fail_no_algorithm => "hwntpd_nts_ke_failures_total", "reason=\"no_algorithm\"", "NTS-KE requests with no protocol or AEAD in common.";
     nts_ke_fail_busy => "hwntpd_nts_ke_failures_total", "reason=\"busy\"", "NTS-KE connections closed at once: the connection limit was reached.";
     nts_ke_fail_denied => "hwntpd_nts_ke_failures_total", "reason=\"denied\"", "NTS-KE connections refused by the access list.";
+    nts_ke_tls_reloads => "hwntpd_nts_ke_certificate_reloads_total", "", "NTS-KE certificate and key read again after the files changed.";
 }
 
 /// Upper bounds (ns) of the buckets of the transmit-estimate error histogram.

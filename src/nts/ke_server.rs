@@ -41,11 +41,12 @@ pub struct KeServer {
     /// TCP addresses to listen on.
     pub listen: Vec<SocketAddr>,
     /// TLS configuration ([`tls_config`]); replaced when the files change.
-    pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// The certificate and key files, watched: when either changes, the pair
-    /// is read again and, if it makes a TLS configuration (the key matching
-    /// the certificate), serves the next handshakes. `None`: never reloaded.
-    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub tls: ArcSwap<ServerConfig>,
+    /// The certificate and key files `tls` was read from, watched: when
+    /// either changes, the pair is read again and, if it makes a TLS
+    /// configuration (the key matching the certificate), serves the next
+    /// handshakes.
+    pub tls_files: (PathBuf, PathBuf),
     /// The master keys cookies are sealed under.
     pub keys: Arc<ArcSwap<KeySet>>,
     /// NTPv4 server and port records to send.
@@ -166,12 +167,9 @@ impl KeServer {
     }
 }
 
-/// The modification time and length of each file, to notice a change.
+/// The stamps ([`super::file_stamp`]) of the certificate and key files.
 fn files_stamp(files: &(PathBuf, PathBuf)) -> [Option<(std::time::SystemTime, u64)>; 2] {
-    [&files.0, &files.1].map(|p| {
-        let m = std::fs::metadata(p).ok()?;
-        Some((m.modified().ok()?, m.len()))
-    })
+    [&files.0, &files.1].map(|p| super::file_stamp(p))
 }
 
 /// Follows the certificate and key files (a certificate renewed in place,
@@ -186,9 +184,7 @@ impl TlsWatch {
     /// and store it; a pair that does not make one (a key not yet written,
     /// a mismatch) is logged and the running configuration kept.
     fn check(&mut self, server: &KeServer) {
-        let Some(files) = &server.tls_files else {
-            return;
-        };
+        let files = &server.tls_files;
         if self.checked.elapsed() < Duration::from_secs(1) {
             return;
         }
@@ -216,7 +212,7 @@ fn accept_loop(listeners: &[TcpListener], server: &Arc<KeServer>, stop: &AtomicB
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let active = Arc::new(AtomicUsize::new(0));
     let mut watch = TlsWatch {
-        seen: server.tls_files.as_ref().map_or([None, None], files_stamp),
+        seen: files_stamp(&server.tls_files),
         checked: std::time::Instant::now(),
     };
     while !stop.load(Ordering::Relaxed) {

@@ -31,3 +31,10 @@ pub const DEFAULT_KE_PORT: u16 = 4460;
 
 /// Cookies handed out in one NTS-KE response (RFC 8915 section 4.1.6 suggests 8).
 pub const KE_COOKIES: usize = 8;
+
+/// A file's modification time and length, to notice that it changed (the key
+/// file, the NTS-KE certificate and key). `None` when it cannot be read.
+pub(crate) fn file_stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}

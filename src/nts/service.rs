@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use rand::SeedableRng as _;
 
+use super::file_stamp;
 use super::ke_records::NtpServerHint;
 use super::ke_server::{tls_config, Admit, KeServer};
 use super::keys::KeySet;
@@ -109,8 +110,8 @@ pub fn start(
     if let (Some(cert), Some(key)) = (&args.nts_cert, &args.nts_key) {
         let server = KeServer {
             listen: args.nts_ke_listen_addrs(),
-            tls: Arc::new(ArcSwap::new(tls_config(cert, key)?)),
-            tls_files: Some((cert.clone(), key.clone())),
+            tls: ArcSwap::new(tls_config(cert, key)?),
+            tls_files: (cert.clone(), key.clone()),
             keys: keys.clone(),
             hint: server_hint(args, ntp_listen),
             max_connections: args.nts_ke_connections as usize,
@@ -128,12 +129,6 @@ pub fn start(
         threads,
         ke_stats,
     }))
-}
-
-/// The file's modification time and length, to notice a change.
-fn file_stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
 }
 
 /// Rotate the keys on schedule and follow the key file: a thread that wakes

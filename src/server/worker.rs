@@ -818,13 +818,12 @@ impl Worker {
         if let (Some(nts), Admission::Allow) = (&self.cfg.nts, ctx.admission) {
             if classify(msg.payload, &source).is_ok() {
                 let keys = nts.keys.load();
-                let masters = match &mut self.nts_masters {
-                    Some(m) => {
-                        m.refresh(&keys);
-                        m
-                    }
-                    None => self.nts_masters.insert(MasterCiphers::shared(&keys)),
-                };
+                // Expanded at the first NTS request; `refresh` is a no-op
+                // until the key set changes.
+                let masters = self
+                    .nts_masters
+                    .get_or_insert_with(|| MasterCiphers::shared(&keys));
+                masters.refresh(&keys);
                 match check_request(msg.payload, masters) {
                     NtsCheck::Plain if nts.require => {
                         bump(&stats.nts_unauthenticated_refused);
@@ -1170,8 +1169,6 @@ impl Worker {
         }
     }
 
-    /// Read the socket's error queue until it is empty (bounded), matching
-    /// every transmit timestamp to its reply.
     /// [`TxTimestampMode::AfterSend`]: read the stamps of the replies sent
     /// since the last look (at most that many entries, so no call that finds
     /// the queue empty when all of them are there). Entries that were not
@@ -1182,30 +1179,32 @@ impl Worker {
         }
         for i in 0..self.sockets.len() {
             let expected = std::mem::take(&mut self.sockets[i].tx_expected);
-            if expected == 0 {
-                continue;
-            }
-            let (cfg, sock) = (&self.cfg, &mut self.sockets[i]);
-            let fd = cfg.sockets[i].fd.as_fd();
-            let max = (expected as usize).min(64 * MAX_PER_CALL);
-            if let Ok(d) =
-                drain_tx_timestamps(fd, &mut |ts| handle_tx_timestamp(sock, cfg, &ts), max)
-            {
-                add(&cfg.stats.other_syscalls, d.syscalls as u64);
-                if d.delivered > 0 {
-                    sock.tx_watch.saw_completion();
-                }
+            if expected > 0 && self.read_error_queue(i, expected as usize) > 0 {
+                self.sockets[i].tx_watch.saw_completion();
             }
         }
     }
 
+    /// Read the socket's error queue until it is empty (bounded), matching
+    /// every transmit timestamp to its reply.
     fn drain_error_queue(&mut self, socket: usize) {
+        self.read_error_queue(socket, usize::MAX);
+    }
+
+    /// Read up to `max` entries of the socket's error queue (never more than
+    /// a queue can hold), matching each transmit timestamp to its reply.
+    /// Returns how many timestamps were read.
+    fn read_error_queue(&mut self, socket: usize, max: usize) -> usize {
         let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
         // A queue holds at most the receive buffer's worth of entries.
-        let max = 64 * MAX_PER_CALL;
+        let max = max.min(64 * MAX_PER_CALL);
         let fd = cfg.sockets[socket].fd.as_fd();
-        if let Ok(d) = drain_tx_timestamps(fd, &mut |ts| handle_tx_timestamp(sock, cfg, &ts), max) {
-            add(&cfg.stats.other_syscalls, d.syscalls as u64);
+        match drain_tx_timestamps(fd, &mut |ts| handle_tx_timestamp(sock, cfg, &ts), max) {
+            Ok(d) => {
+                add(&cfg.stats.other_syscalls, d.syscalls as u64);
+                d.delivered
+            }
+            Err(_) => 0,
         }
     }
 

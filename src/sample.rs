@@ -1,8 +1,9 @@
 //! Counting the occupied entries of a large table for metrics without reading
 //! all of it.
 //!
-//! The interleaved-mode table (4 Mi slots by default, 96 MiB) and the client
-//! table of the rate limiter are far larger than a cache. Scanning one whole
+//! The interleaved-mode table (4 Mi slots by default, 96 MiB) is far larger
+//! than a cache (the rate limiter's client table counts its records as they
+//! are made instead). Scanning one whole
 //! took milliseconds and evicted the workers' working set; on a core shared
 //! with a worker, every statistics write or scrape then stalled the replies
 //! waiting behind it (p99 turnaround in milliseconds under load).

@@ -36,7 +36,7 @@
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::acl::{canonical, Canonical};
 
@@ -275,6 +275,10 @@ const CAS_TRIES: usize = 4;
 /// The shared client table.
 pub struct ClientTable {
     records: Box<[Record]>,
+    /// Records in use. A record is never freed (a full bucket's idlest is
+    /// replaced in place), so this is the count of inserts into empty
+    /// records: one atomic add per new client until the table is full.
+    used: AtomicUsize,
     bucket_mask: usize,
     hash: KeyedHash,
 }
@@ -306,6 +310,7 @@ impl ClientTable {
             .collect();
         ClientTable {
             records,
+            used: AtomicUsize::new(0),
             bucket_mask: n / WAYS - 1,
             hash,
         }
@@ -321,10 +326,11 @@ impl ClientTable {
         self.records.len() * BYTES_PER_RECORD
     }
 
-    /// Records in use: exact for small tables, otherwise estimated from a
-    /// sample ([`crate::sample::occupied`]; for metrics, not the packet path).
+    /// Records in use (exact, without reading the table: a scan of a large
+    /// table on every statistics write stalled the workers sharing its core,
+    /// and a sample misses the few records of a quiet server).
     pub fn used(&self) -> usize {
-        crate::sample::occupied(&self.records, WAYS, |r| r.tag.load(Ordering::Relaxed) != 0)
+        self.used.load(Ordering::Relaxed)
     }
 
     /// Find `key`'s record, making one (in an empty record, else in place of
@@ -362,6 +368,7 @@ impl ClientTable {
             .compare_exchange(victim_tag, tag, Ordering::AcqRel, Ordering::Relaxed)
             .ok()?;
         if victim_tag == 0 {
+            self.used.fetch_add(1, Ordering::Relaxed);
             out.inserted = true;
         } else {
             out.replaced = true;
@@ -583,10 +590,10 @@ mod tests {
         assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
     }
 
-    /// On a table larger than the sample, `used` is an estimate close to
-    /// the exact count (a full scan of a large table stalled the workers).
+    /// On a large table `used` is the exact count, without a scan, and a
+    /// single client is counted (a sample missed it).
     #[test]
-    fn used_is_sampled_on_large_tables() {
+    fn used_is_exact_on_large_tables() {
         // A random key: the fixed test key's small multipliers put every
         // IPv4 client in one bucket.
         let t = ClientTable::new(1 << 18, KeyedHash::random());
@@ -601,11 +608,10 @@ mod tests {
             .filter(|r| r.tag.load(Ordering::Relaxed) != 0)
             .count();
         assert!(exact > 55_000, "{exact}");
-        let est = t.used();
-        assert!(
-            est.abs_diff(exact) * 100 <= exact * 10,
-            "estimate {est}, exact {exact}"
-        );
+        assert_eq!(t.used(), exact);
+        let one = ClientTable::new(1 << 18, KeyedHash::random());
+        one.check(key("192.0.2.1"), 1000, &lim, NO_LEAK);
+        assert_eq!(one.used(), 1);
     }
 
     #[test]

@@ -247,13 +247,13 @@ impl Exporter {
             f.gauge(
                 "hwntpd_client_table_records",
                 "state=\"used\"",
-                "Client-table records in use (estimated from a sample on large tables), and the table's size.",
+                "Client-table records in use, and the table's size.",
                 p.clients.used() as f64,
             );
             f.gauge(
                 "hwntpd_client_table_records",
                 "state=\"capacity\"",
-                "Client-table records in use (estimated from a sample on large tables), and the table's size.",
+                "Client-table records in use, and the table's size.",
                 p.clients.capacity() as f64,
             );
         }

@@ -300,6 +300,16 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub direct_send: OnOffArg,
 
+    /// Before the transmit-time reading of a lone basic reply sent after the
+    /// worker was idle (200 us or more since its last send), run the socket's
+    /// send path once without sending anything (a zero-length sendmsg with
+    /// MSG_PROBE to the reply's destination), so the send after the reading
+    /// finds it in the caches: a shorter, steadier send latency for the
+    /// replies of a quiet server. One more system call per such reply, none
+    /// under load. Only with --direct-send on. "off": no probe.
+    #[arg(long, value_enum, default_value_t = OnOffArg::On)]
+    pub warm_send_path: OnOffArg,
+
     /// Receive buffer of each socket in bytes, to absorb bursts (the kernel's
     /// default of about 200 KiB holds some 1500 requests). Forced past
     /// net.core.rmem_max when running as root. 0: the kernel's default.

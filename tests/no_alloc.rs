@@ -343,6 +343,7 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool, nts: bool) -> u64 {
         guards: Default::default(),
         // As served by default: lone basic replies sent directly.
         direct_send: true,
+        warm_send_path: true,
     };
     let worker = std::thread::spawn(move || {
         ON_WORKER.with(|c| c.set(true));

@@ -64,6 +64,7 @@ fn reuseport_keeps_each_client_on_one_worker() {
             nts: None,
             guards: Default::default(),
             direct_send: true,
+            warm_send_path: true,
         };
         handles.push(std::thread::spawn(move || Worker::new(cfg)?.run()));
     }

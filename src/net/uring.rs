@@ -12,6 +12,10 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use super::addr::{write_sockaddr, SOCKADDR_MAX};
 use super::cmsg::{KernelTime, TxTimestamp};
 
+/// `MSG_PROBE` (linux/socket.h): do not send, only probe the path (the libc
+/// crate does not export it).
+const MSG_PROBE: libc::c_int = 0x10;
+
 /// `SOCKET_URING_OP_TX_TIMESTAMP` (include/uapi/linux/io_uring.h, Linux 6.15).
 pub const SOCKET_URING_OP_TX_TIMESTAMP: u32 = 4;
 /// `IORING_TIMESTAMP_HW_SHIFT`: bit of `cqe.flags` set for a hardware timestamp.
@@ -746,6 +750,32 @@ impl SendSlots {
                 .unwrap_or(libc::EIO)
         } else {
             i32::try_from(r).unwrap_or(i32::MAX)
+        }
+    }
+
+    /// Resolve the way to slot `id`'s destination on `fd` without sending
+    /// anything: a zero-length `sendmsg(2)` with `MSG_PROBE`, which runs the
+    /// socket's send path up to the route lookup and returns. Made just before
+    /// the transmit-time reading of a reply sent after the worker was idle, it
+    /// brings that path back into the caches, so the real send that follows
+    /// the reading is shorter and steadier (see `--warm-send-path`). Returns 0
+    /// or a negative errno; nothing reaches the wire either way.
+    pub fn probe_route(&mut self, fd: RawFd, id: u16) -> i32 {
+        let s = &mut self.slots[usize::from(id)];
+        // SAFETY: an all-zero msghdr is valid (no name, no data, no control).
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_name = s.name.as_mut_ptr().cast();
+        hdr.msg_namelen = s.name_len;
+        // SAFETY: `hdr` points only at this slot's name buffer, which lives
+        // through the call and which the kernel only reads; no data, no
+        // control; MSG_PROBE sends nothing and MSG_DONTWAIT never blocks.
+        let r = unsafe { libc::sendmsg(fd, &hdr, MSG_PROBE | libc::MSG_DONTWAIT) };
+        if r < 0 {
+            -std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO)
+        } else {
+            0
         }
     }
 

@@ -146,6 +146,7 @@ counters! {
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
     direct_sends => "hwntpd_syscalls_total", "call=\"sendmsg\"", "Lone basic replies sent with their own sendmsg right after the clock reading (--direct-send), not through the ring.";
+    send_path_probes => "hwntpd_syscalls_total", "call=\"sendmsg_probe\"", "Zero-length MSG_PROBE sendmsg calls warming the send path before the reading of a lone basic reply sent after the worker was idle (--warm-send-path); nothing is sent.";
     kod_rate => "hwntpd_kod_total", "code=\"rate\"", "RATE Kiss-o'-Death replies sent (rate limit).";
     kod_deny => "hwntpd_kod_total", "code=\"deny\"", "DENY Kiss-o'-Death replies sent (access list).";
     rate_leaked => "hwntpd_rate_limit_leaked_total", "", "Requests over their rate limit answered anyway (one in 2^leak).";

@@ -596,10 +596,9 @@ fn certificate_renewed_in_place() {
         key: live.key.clone(),
     };
     let (trust_a, trust_b) = (with_ca(&a.ca), with_ca(&b.ca));
-    assert!(ke(&trust_a, ke_port, &client_request(&[15]))
-        .unwrap()
-        .keys
-        .is_some());
+    let handshake = |trust: &Certs| ke(trust, ke_port, &client_request(&[15]));
+    let keys_with = |trust: &Certs| handshake(trust).unwrap().keys.is_some();
+    assert!(keys_with(&trust_a));
 
     // Half renewed: B's certificate with A's key. Kept: A still serves.
     std::fs::copy(&b.cert, &live.cert).unwrap();
@@ -611,20 +610,17 @@ fn certificate_renewed_in_place() {
             .then_some(())
     });
     assert!(warned.is_some(), "{}", server.log());
-    assert!(ke(&trust_a, ke_port, &client_request(&[15]))
-        .unwrap()
-        .keys
-        .is_some());
+    assert!(keys_with(&trust_a));
 
     // The key follows: B serves, A no longer verifies.
     std::fs::copy(&b.key, &live.key).unwrap();
     let renewed = retry(Duration::from_secs(5), || {
         std::thread::sleep(Duration::from_millis(100));
-        let ok = ke(&trust_b, ke_port, &client_request(&[15])).ok()?;
+        let ok = handshake(&trust_b).ok()?;
         ok.keys.is_some().then_some(())
     });
     assert!(renewed.is_some(), "{}", server.log());
-    assert!(ke(&trust_a, ke_port, &client_request(&[15])).is_err());
+    assert!(handshake(&trust_a).is_err());
     let s = server.wait_stats("the reload counted", |s| {
         stat(s, "hwntpd_nts_ke_certificate_reloads_total") == 1
     });

@@ -16,6 +16,18 @@ use super::cmsg::{KernelTime, TxTimestamp};
 /// crate does not export it).
 const MSG_PROBE: libc::c_int = 0x10;
 
+/// A `sendmsg(2)` return value as a send completion carries it: the octets
+/// sent, or a negative errno (read right after the call).
+fn completion_result(r: isize) -> i32 {
+    if r < 0 {
+        -std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        i32::try_from(r).unwrap_or(i32::MAX)
+    }
+}
+
 /// `SOCKET_URING_OP_TX_TIMESTAMP` (include/uapi/linux/io_uring.h, Linux 6.15).
 pub const SOCKET_URING_OP_TX_TIMESTAMP: u32 = 4;
 /// `IORING_TIMESTAMP_HW_SHIFT`: bit of `cqe.flags` set for a hardware timestamp.
@@ -744,13 +756,7 @@ impl SendSlots {
         // moved nor freed during the call; the kernel only reads them, and
         // MSG_DONTWAIT keeps the call from blocking.
         let r = unsafe { libc::sendmsg(fd, hdr, libc::MSG_DONTWAIT) };
-        if r < 0 {
-            -std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        } else {
-            i32::try_from(r).unwrap_or(i32::MAX)
-        }
+        completion_result(r)
     }
 
     /// Resolve the way to slot `id`'s destination on `fd` without sending
@@ -759,7 +765,7 @@ impl SendSlots {
     /// the transmit-time reading of a reply sent after the worker was idle, it
     /// brings that path back into the caches, so the real send that follows
     /// the reading is shorter and steadier (see `--warm-send-path`). Returns 0
-    /// or a negative errno; nothing reaches the wire either way.
+    /// (no data) or a negative errno; nothing reaches the wire either way.
     pub fn probe_route(&mut self, fd: RawFd, id: u16) -> i32 {
         let s = &mut self.slots[usize::from(id)];
         // SAFETY: an all-zero msghdr is valid (no name, no data, no control).
@@ -770,13 +776,7 @@ impl SendSlots {
         // through the call and which the kernel only reads; no data, no
         // control; MSG_PROBE sends nothing and MSG_DONTWAIT never blocks.
         let r = unsafe { libc::sendmsg(fd, &hdr, MSG_PROBE | libc::MSG_DONTWAIT) };
-        if r < 0 {
-            -std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO)
-        } else {
-            0
-        }
+        completion_result(r)
     }
 
     fn finalize(&mut self, id: u16) -> *const libc::msghdr {

@@ -129,6 +129,11 @@ impl Situation {
         self.index() / PLACE_CLASSES
     }
 
+    /// Sent after the worker was idle for [`COLD_AFTER_NS`] or more.
+    pub fn is_cold(self) -> bool {
+        self.idle_class() == 1
+    }
+
     /// Place class (0..PLACE_CLASSES).
     pub fn place_class(self) -> usize {
         self.index() % PLACE_CLASSES

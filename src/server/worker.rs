@@ -1006,7 +1006,7 @@ impl Worker {
         // out: in A/B runs on an idle veth server the median latency from
         // reading to kernel transmit stamp fell by about a quarter and its
         // interquartile range by a third (docs/ACCURACY.md).
-        if direct && self.cfg.warm_send_path && self.batch[0].situation.idle_class() == 1 {
+        if direct && self.cfg.warm_send_path && self.batch[0].situation.is_cold() {
             let q = self.batch[0];
             // A failed probe costs nothing but the call: the send reports any
             // real error itself.

@@ -201,6 +201,15 @@ pub fn stat(s: &HashMap<String, u64>, key: &str) -> u64 {
     s.get(key).copied().unwrap_or(0)
 }
 
+/// The sum of every labelled series of metric `name` (e.g. all drop reasons).
+pub fn stat_sum(s: &HashMap<String, u64>, name: &str) -> u64 {
+    let prefix = format!("{name}{{");
+    s.iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 pub fn now_ntp() -> NtpTimestamp {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     NtpTimestamp::from_unix(d.as_secs() as i64, d.subsec_nanos())

@@ -44,6 +44,19 @@ pub enum OnOffArg {
     Off,
 }
 
+/// Whether basic replies' transmit timestamps are written at egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EgressStampArg {
+    /// Where it can be (the system clock served, software transmit
+    /// timestamps, eBPF and tcx available); otherwise say why in the log and
+    /// keep the estimate.
+    Auto,
+    /// Refuse to start without it.
+    On,
+    /// Never: the pre-send reading plus the latency estimate.
+    Off,
+}
+
 /// What refused sources get.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DenyActionArg {
@@ -309,6 +322,20 @@ pub struct Args {
     /// under load. Only with --direct-send on. "off": no probe.
     #[arg(long, value_enum, default_value_t = OnOffArg::On)]
     pub warm_send_path: OnOffArg,
+
+    /// Write the transmit timestamp of basic replies at egress: an eBPF
+    /// program on each Ethernet interface's egress hook (tcx, Linux 6.6+)
+    /// replaces it with a kernel clock reading taken as the reply leaves the
+    /// IP stack for the device, after the system call and the UDP/IP output
+    /// paths whose varying latency the pre-send estimate can only guess. Only
+    /// unauthenticated 48-octet basic replies of hwntpd's own sockets, and
+    /// only when the reading is within 10 ms of hwntpd's own value; NTS,
+    /// interleaved and every other packet pass untouched. "auto": where the
+    /// system clock is served with software transmit timestamps and the
+    /// kernel allows it (root), else logged; "on": refuse to start without
+    /// it; "off": never.
+    #[arg(long, value_enum, default_value_t = EgressStampArg::Auto)]
+    pub egress_stamp: EgressStampArg,
 
     /// Receive buffer of each socket in bytes, to absorb bursts (the kernel's
     /// default of about 200 KiB holds some 1500 requests). Forced past

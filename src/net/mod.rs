@@ -14,6 +14,7 @@
 
 pub mod addr;
 pub mod cmsg;
+pub mod egress;
 pub mod errqueue;
 pub mod ethtool;
 pub mod hwtstamp;

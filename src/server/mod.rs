@@ -3,6 +3,7 @@
 // layer's (src/net/).
 #![forbid(unsafe_code)]
 
+pub mod egress_stamp;
 pub mod health;
 pub mod hysteresis;
 pub mod interleave;
@@ -42,7 +43,7 @@ use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
 use metrics::Exporter;
 use stats::{StatsSnapshot, WorkerStats};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use supervisor::Supervisor;
 use worker::{WorkerConfig, WorkerSocket};
 
@@ -232,6 +233,22 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     let admit: crate::nts::ke_server::Admit = Arc::new(move |ip| acl.load().acl.allows(ip));
     let nts = crate::nts::service::start(args, &listen, Some(admit), stop.clone())?;
 
+    // Basic replies' transmit timestamps written at egress (eBPF, tcx): loaded
+    // and attached while still privileged.
+    let socket_fds: Vec<_> = per_worker
+        .iter()
+        .flatten()
+        .map(|s: &WorkerSocket| s.fd.as_raw_fd())
+        .collect();
+    let egress = egress_stamp::start(
+        args.egress_stamp,
+        served,
+        plan.tx_hardware,
+        &socket_fds,
+        stop.clone(),
+    )?;
+    threads.extend(egress.thread);
+
     let ring = RingConfig {
         batch_wait_us: args.batch_wait_us,
         ..RingConfig::default()
@@ -306,7 +323,11 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     // systemd's READY=1 and the health/watchdog supervision.
     let exporter = Arc::new(Exporter {
         stats,
-        other_stats: nts.iter().map(|n| n.ke_stats.clone()).collect(),
+        other_stats: nts
+            .iter()
+            .map(|n| n.ke_stats.clone())
+            .chain(std::iter::once(egress.stats.clone()))
+            .collect(),
         state: cell.clone(),
         reference: reference.kind.to_string(),
         domains: phc_path.is_some().then(|| domains.clone()),

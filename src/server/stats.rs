@@ -146,6 +146,8 @@ counters! {
     ring_enters => "hwntpd_syscalls_total", "call=\"io_uring_enter\"", "io_uring_enter system calls made by workers.";
     other_syscalls => "hwntpd_syscalls_total", "call=\"other\"", "Other system calls made by workers on the packet path.";
     direct_sends => "hwntpd_syscalls_total", "call=\"sendmsg\"", "Lone basic replies sent with their own sendmsg right after the clock reading (--direct-send), not through the ring.";
+    egress_stamped => "hwntpd_egress_stamps_total", "result=\"written\"", "Basic replies whose transmit timestamp the egress program (--egress-stamp) replaced with its kernel reading at the device.";
+    egress_refused => "hwntpd_egress_stamps_total", "result=\"refused\"", "Basic replies the egress program left as hwntpd wrote them because its reading was more than 10 ms from hwntpd's (a stale TAI offset, e.g. at a leap second).";
     send_path_probes => "hwntpd_syscalls_total", "call=\"sendmsg_probe\"", "Zero-length MSG_PROBE sendmsg calls warming the send path before the reading of a lone basic reply sent after the worker was idle (--warm-send-path); nothing is sent.";
     kod_rate => "hwntpd_kod_total", "code=\"rate\"", "RATE Kiss-o'-Death replies sent (rate limit).";
     kod_deny => "hwntpd_kod_total", "code=\"deny\"", "DENY Kiss-o'-Death replies sent (access list).";

@@ -3,7 +3,10 @@
 //! What needs privilege happens before the drop: binding port 123, forcing
 //! socket receive buffers past `net.core.rmem_max` (`SO_RCVBUFFORCE`,
 //! `CAP_NET_ADMIN`), `SIOCSHWTSTAMP` (`CAP_NET_ADMIN`), opening `/dev/ptpN`
-//! (root-owned, mode 0600 on most systems) and creating the workers' io_uring
+//! (root-owned, mode 0600 on most systems), loading and attaching the egress
+//! program (`--egress-stamp`: `CAP_BPF`, `CAP_NET_ADMIN`; its map is
+//! memory-mapped, so keeping its clock offset current needs nothing later)
+//! and creating the workers' io_uring
 //! instances (created by root, their locked memory is not charged against
 //! `RLIMIT_MEMLOCK`, and `kernel.io_uring_disabled=1` does not refuse them).
 //! What runs afterwards needs none: the sockets, rings and the PHC descriptor

@@ -344,6 +344,11 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool, nts: bool) -> u64 {
         // As served by default: lone basic replies sent directly.
         direct_send: true,
         warm_send_path: true,
+        // The egress slots armed and read per reply, as with --egress-stamp
+        // (the program is loaded, not attached; needs root, as this test).
+        egress: hwntpd::net::egress::EgressStamper::new()
+            .ok()
+            .map(|s| s.slots()),
     };
     let worker = std::thread::spawn(move || {
         ON_WORKER.with(|c| c.set(true));

@@ -65,6 +65,7 @@ fn reuseport_keeps_each_client_on_one_worker() {
             guards: Default::default(),
             direct_send: true,
             warm_send_path: true,
+            egress: None,
         };
         handles.push(std::thread::spawn(move || Worker::new(cfg)?.run()));
     }

@@ -68,6 +68,16 @@ def lag_histogram(path):
     return buckets
 
 
+def counter(path, series):
+    """The value of one series (name with labels) in a statistics file, or None."""
+    if not os.path.exists(path):
+        return None
+    for line in open(path):
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
 def quantile(buckets, q):
     """Linear interpolation inside the histogram's buckets (in us); the
     open-ended first and last buckets give their bound, marked < or >."""
@@ -125,7 +135,7 @@ def main():
                 f"{'SCHED_FIFO' if rt == '1' else 'normal priority'}, "
                 f"hwntpd --workers {workers}, poll 2^{poll} s, "
                 f"{'idle' if load == '0' else f'{load} req/s background load'}")
-        res, loads, lag = {}, [], None
+        res, loads, lag, egress = {}, [], None, None
         for name in servers:
             d = os.path.join(out, f"cell{i}-{name}")
             m = measurements(os.path.join(d, "measurements.log"), warm[poll])
@@ -145,6 +155,11 @@ def main():
                     loads.append(open(p).read().split()[0])
             if name == "hwntpd":
                 lag = lag_histogram(os.path.join(d, "hwntpd.prom"))
+                prom = os.path.join(d, "hwntpd.prom")
+                written = counter(prom, 'hwntpd_egress_stamps_total{result="written"}')
+                basic = counter(prom, 'hwntpd_replies_total{mode="basic"}')
+                if written is not None and basic:
+                    egress = 100.0 * written / basic
         print(f"\n== cell {i}/{len(cells)}: {desc}; load average {'/'.join(loads)}")
         print(f"{'':16}{'n':>6}{'median':>9}{'mean':>9}{'sd':>8}{'|med|':>8}{'delay':>8}"
               f"{'min dl':>8} | {'passed A-D: n':>13}{'median':>9}{'mean':>9}{'sd':>8}"
@@ -169,10 +184,13 @@ def main():
                           for q in (0.01, 0.05, 0.10, 0.50, 0.90, 0.99))
             print(f"hwntpd transmit estimate, exact - estimate over {total} measured replies (us): "
                   f"{qs}; after the real transmit time: {after:.1f}%")
+        if egress is not None:
+            print(f"hwntpd basic replies whose transmit timestamp the egress program wrote: "
+                  f"{egress:.1f}% (for those, the estimate above is only the fallback it checks)")
         hb, cb = res.get(("hwntpd", "basic")), res.get(("chronyd", "basic"))
         hx, cx = res.get(("hwntpd", "xleave")), res.get(("chronyd", "xleave"))
         row = {"cell": i, "desc": f"pin={pin} rt={rt} w={workers} poll={poll} load={load}",
-               "after": after, "basic": None, "xleave": None}
+               "after": after, "egress": egress, "basic": None, "xleave": None}
         if hb and cb:
             ok_med = abs(hb["median"]) < abs(cb["median"])
             ok_sd = hb["sd"] < cb["sd"]
@@ -200,18 +218,20 @@ def main():
         summary.append(row)
 
     print("\n== summary (offsets in us; basic: hwntpd/chronyd median and sd, all samples;"
-          " xleave: median |offset|; after: hwntpd estimates after the real transmit time)")
+          " xleave: median |offset|; after: hwntpd's pre-send estimates after the real transmit"
+          " time; egress: basic replies stamped at egress instead, which carry no estimate)")
     print(f"{'cell':>4} {'setup':38} {'basic median':>15} {'basic sd':>13} {'goal':>5}"
-          f" {'xleave |med|':>13} {'goal':>5} {'after':>6}")
+          f" {'xleave |med|':>13} {'goal':>5} {'after':>6} {'egress':>7}")
     for r in summary:
         b = r.get("b")
         x = r.get("x")
         after_s = "-" if r["after"] is None else f"{r['after']:.1f}%"
+        egress_s = "-" if r["egress"] is None else f"{r['egress']:.0f}%"
         print(f"{r['cell']:>4} {r['desc']:38} "
               f"{(f'{b[0]:.2f}/{b[1]:.2f}' if b else '-'):>15} "
               f"{(f'{b[2]:.2f}/{b[3]:.2f}' if b else '-'):>13} {verdict(r['basic']):>5} "
               f"{(f'{x[0]:.2f}/{x[1]:.2f}' if x else '-'):>13} {verdict(r['xleave']):>5} "
-              f"{after_s:>6}")
+              f"{after_s:>6} {egress_s:>7}")
     nb = sum(1 for r in summary if r["basic"])
     nx = sum(1 for r in summary if r["xleave"])
     print(f"basic goal held in {nb}/{len(summary)} cells, xleave goal in {nx}/{len(summary)}")

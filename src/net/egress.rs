@@ -47,7 +47,8 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 // bpf(2) commands.
 const BPF_MAP_CREATE: libc::c_int = 0;
@@ -95,8 +96,16 @@ mod cfg {
     pub const STAMPED: i16 = 16;
     /// Basic replies left as sent: reading too far from hwntpd's.
     pub const REFUSED: i16 = 24;
+    /// The per-reply slots start here.
+    pub const SLOTS_AT: i32 = 64;
+    /// Slots (a power of two), each [`SLOT_SIZE`] octets: the reply's origin
+    /// timestamp as a tag, the correction to add (ns), and, written by the
+    /// program when it stamps that reply, the value written and its tag again.
+    pub const SLOTS: i32 = 256;
+    /// Octets per slot.
+    pub const SLOT_SIZE: i32 = 32;
     /// Size of the value.
-    pub const SIZE: u32 = 32;
+    pub const SIZE: u32 = (SLOTS_AT + SLOTS * SLOT_SIZE) as u32;
 }
 
 // ---------------------------------------------------------------------------
@@ -277,6 +286,8 @@ const S_HEADERS: i16 = -112; // 64 octets: Ethernet + IP + UDP headers
 const S_KEY: i16 = -120; // u32 map key 0
 const S_COOKIE: i16 = -128; // u64 socket cookie
 const S_NEW: i16 = -136; // the new transmit timestamp, big-endian
+const S_SLOT: i16 = -144; // pointer to this reply's slot
+const S_CORR: i16 = -152; // the correction taken from it (ns)
 
 /// The program's instructions. `cfg_fd` is the configuration map (array, one
 /// value); with `socks_fd`, only packets of sockets whose cookie is a key
@@ -367,9 +378,29 @@ pub fn program(cfg_fd: RawFd, socks_fd: Option<RawFd>) -> Vec<Insn> {
     a.swap_be(R1, 64);
     a.jmp(JLT, R8, R1, "pass"); // interleaved: a previous reply's transmit time
 
+    // This reply's slot (index: an octet of its origin timestamp, which is
+    // the request's transmit timestamp) and the correction hwntpd left there
+    // for it: the learned latency from this reading to the driver's transmit.
+    a.ldx(B, R1, FP, S_PAYLOAD + 28);
+    a.alu_imm(LSH, R1, 5); // x SLOT_SIZE
+    a.alu_imm(ADD, R1, cfg::SLOTS_AT);
+    a.mov(R2, R7);
+    a.alu(ADD, R2, R1);
+    a.stx(DW, FP, R2, S_SLOT);
+    a.mov_imm(R5, 0);
+    a.ldx(DW, R3, R2, 0); // tag
+    a.ldx(DW, R4, FP, S_PAYLOAD + 24); // origin, as in memory
+    a.jmp(JNE, R3, R4, "corr");
+    a.jmp_imm(JEQ, R4, 0, "corr");
+    a.ldx(DW, R5, R2, 8);
+    a.label("corr");
+    a.stx(DW, FP, R5, S_CORR);
+
     // Served time now, in nanoseconds since 1970.
     a.call(FN_KTIME_GET_TAI_NS);
     a.ldx(DW, R1, R7, cfg::OFFSET_NS);
+    a.alu(ADD, R0, R1);
+    a.ldx(DW, R1, FP, S_CORR);
     a.alu(ADD, R0, R1);
     // To NTP: seconds since 1900 in the high half, fraction in the low.
     a.mov(R1, R0);
@@ -389,7 +420,17 @@ pub fn program(cfg_fd: RawFd, socks_fd: Option<RawFd>) -> Vec<Insn> {
     a.alu_imm(ADD, R2, TOLERANCE_NTP);
     a.jmp_imm(JGT, R2, 2 * TOLERANCE_NTP, "refuse");
 
+    // Tell hwntpd what was written, if the slot is still this reply's.
+    a.ldx(DW, R2, FP, S_SLOT);
+    a.ldx(DW, R3, R2, 0);
+    a.ldx(DW, R4, FP, S_PAYLOAD + 24);
+    a.jmp(JNE, R3, R4, "write");
+    a.jmp_imm(JEQ, R4, 0, "write");
+    a.stx(DW, R2, R1, 16);
+    a.stx(DW, R2, R4, 24);
+
     // Write it (big-endian) and fix the UDP checksum, a word at a time.
+    a.label("write");
     a.swap_be(R1, 64);
     a.stx(DW, FP, R1, S_NEW);
     a.mov(R1, R6);
@@ -505,22 +546,93 @@ fn load(insns: &[Insn]) -> io::Result<OwnedFd> {
     }
 }
 
+/// The configuration map's value, mapped into this process (shared by the
+/// stamper and the workers' [`EgressSlots`]; the kernel keeps the map while
+/// it is mapped).
+struct Mapping {
+    value: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is only accessed through aligned atomics (`word`), which
+// are safe to share between threads; the pointer itself is never written.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// The u64 at octet `off` of the value.
+    fn word(&self, off: usize) -> &AtomicU64 {
+        assert!(off % 8 == 0 && off + 8 <= cfg::SIZE as usize);
+        // SAFETY: `value` is a live, page-aligned shared mapping of at least
+        // `cfg::SIZE` octets for the lifetime of `self`; `off` is 8-aligned and
+        // in range (checked above), so this is an aligned u64 that the kernel
+        // program also accesses only with single loads, stores and atomic adds.
+        unsafe { &*(self.value.add(off) as *const AtomicU64) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `EgressStamper::build`;
+        // no reference into it outlives `self` (they borrow from it).
+        unsafe {
+            libc::munmap(self.value.cast(), self.len);
+        }
+    }
+}
+
+/// A worker's handle on the per-reply slots: it leaves a correction for a
+/// reply before sending it and, when the reply's exact transmit time comes
+/// back, learns what the program wrote into it.
+#[derive(Clone)]
+pub struct EgressSlots {
+    map: Arc<Mapping>,
+}
+
+impl EgressSlots {
+    fn slot(origin: &[u8; 8]) -> usize {
+        cfg::SLOTS_AT as usize + usize::from(origin[4]) * cfg::SLOT_SIZE as usize
+    }
+
+    /// Before sending the basic reply whose origin timestamp is `origin`
+    /// (its octets as in the packet): ask the program to add `corr_ns` to
+    /// its reading. Returns false (nothing armed) for a zero origin.
+    pub fn arm(&self, origin: [u8; 8], corr_ns: i64) -> bool {
+        let tag = u64::from_le_bytes(origin);
+        if tag == 0 {
+            return false;
+        }
+        let at = Self::slot(&origin);
+        self.map.word(at + 24).store(0, Ordering::Relaxed);
+        self.map.word(at + 16).store(0, Ordering::Relaxed);
+        self.map
+            .word(at + 8)
+            .store(corr_ns as u64, Ordering::Relaxed);
+        self.map.word(at).store(tag, Ordering::Release);
+        true
+    }
+
+    /// The transmit timestamp (NTP, as a number) the program wrote into the
+    /// reply with origin `origin`, if the slot still tells.
+    pub fn written(&self, origin: [u8; 8]) -> Option<u64> {
+        let tag = u64::from_le_bytes(origin);
+        let at = Self::slot(&origin);
+        let written = self.map.word(at + 16).load(Ordering::Acquire);
+        let wtag = self.map.word(at + 24).load(Ordering::Acquire);
+        (tag != 0 && wtag == tag && written != 0).then_some(written)
+    }
+}
+
 /// The loaded program, its maps and its links to interfaces.
 pub struct EgressStamper {
     prog: OwnedFd,
     socks: OwnedFd,
     // Kept for the program's lifetime (the program holds its own reference).
     _cfg: OwnedFd,
-    value: *mut u8,
-    value_len: usize,
+    map: Arc<Mapping>,
     links: Vec<(String, OwnedFd)>,
 }
-
-// SAFETY: the mapped value is only accessed through atomics (`cfg_word`), and
-// the descriptors are plain integers owned by this value.
-unsafe impl Send for EgressStamper {}
-// SAFETY: as above; `&self` methods touch the mapping through atomics only.
-unsafe impl Sync for EgressStamper {}
 
 impl EgressStamper {
     /// Load the program (socket filter on) with rewriting disabled until
@@ -538,13 +650,14 @@ impl EgressStamper {
         let prog = load(&insns)?;
         // SAFETY: page size query, no pointers.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        // SAFETY: maps the array map's value area (one page for one small
-        // value); the kernel allows it for BPF_F_MMAPABLE maps. The mapping is
-        // unmapped in Drop and only accessed through aligned atomics.
+        let len = (cfg::SIZE as usize).div_ceil(page) * page;
+        // SAFETY: maps the array map's value area (whole pages); the kernel
+        // allows it for BPF_F_MMAPABLE maps. The mapping is unmapped when the
+        // last `Mapping` owner drops and only accessed through aligned atomics.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                page,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 cfg.as_raw_fd(),
@@ -559,27 +672,30 @@ impl EgressStamper {
             prog,
             socks,
             _cfg: cfg,
-            value: p.cast(),
-            value_len: page,
+            map: Arc::new(Mapping {
+                value: p.cast(),
+                len,
+            }),
             links: Vec::new(),
         })
     }
 
     fn cfg_word(&self, off: i16) -> &AtomicU64 {
-        debug_assert!(off >= 0 && (off as u32) < cfg::SIZE && off % 8 == 0);
-        // SAFETY: `value` is a live, page-aligned shared mapping of at least
-        // `cfg::SIZE` bytes for the lifetime of `self`; `off` is 8-aligned and
-        // in range, so this is an aligned u64 that the kernel program also
-        // accesses only with single loads and atomic adds.
-        unsafe { &*(self.value.add(off as usize) as *const AtomicU64) }
+        self.map.word(off as usize)
+    }
+
+    /// The workers' handle on the per-reply slots.
+    pub fn slots(&self) -> EgressSlots {
+        EgressSlots {
+            map: self.map.clone(),
+        }
     }
 
     /// Serve `CLOCK_TAI + offset_ns` and enable rewriting.
     pub fn set_offset(&self, offset_ns: i64) {
-        // Same layout, signed view.
-        let w = self.cfg_word(cfg::OFFSET_NS) as *const AtomicU64 as *const AtomicI64;
-        // SAFETY: AtomicI64 and AtomicU64 have the same size and alignment.
-        unsafe { &*w }.store(offset_ns, Ordering::Relaxed);
+        // Two's complement: the program adds it as a 64-bit integer.
+        self.cfg_word(cfg::OFFSET_NS)
+            .store(offset_ns as u64, Ordering::Relaxed);
         self.cfg_word(cfg::ENABLED).store(1, Ordering::Release);
     }
 
@@ -655,16 +771,6 @@ impl EgressStamper {
         let n = (attr[1] >> 32) as usize; // data_size_out
         out.truncate(n.min(out.len()));
         Ok(out)
-    }
-}
-
-impl Drop for EgressStamper {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `build`; no reference
-        // into it outlives `self`.
-        unsafe {
-            libc::munmap(self.value.cast(), self.value_len);
-        }
     }
 }
 
@@ -901,6 +1007,46 @@ mod tests {
         }
         assert_eq!(s.stamped(), 2);
         assert_eq!(s.refused(), 0);
+    }
+
+    #[test]
+    fn slots_carry_the_correction_and_report_the_written_value() {
+        let Some(s) = stamper() else { return };
+        let slots = s.slots();
+        let ms = (1u64 << 32) / 1000;
+        let now_ntp =
+            || ntp_of_unix_ns((tai_now_ns() as i64 + realtime_minus_tai_ns().unwrap()) as u64);
+        let now = now_ntp();
+        let pkt = reply(false, now - ms, now);
+        let origin: [u8; 8] = pkt[42 + 24..42 + 32].try_into().unwrap();
+        assert!(slots.arm(origin, 5_000_000), "a non-zero origin arms");
+        let before = now_ntp();
+        let out = s.test_run(&pkt).unwrap();
+        let after = now_ntp();
+        let t3 = t3_of(&out, false);
+        assert!(
+            t3 >= before + 5 * ms && t3 <= after + 5 * ms + 1,
+            "{t3:x} not 5 ms after [{before:x}, {after:x}]"
+        );
+        assert!(udp_checksum_ok(&out, false));
+        assert_eq!(slots.written(origin), Some(t3));
+        // Another reply took the slot (same octet 4): no correction for this
+        // one, and nothing reported for either.
+        let mut other = origin;
+        other[0] ^= 1;
+        assert!(slots.arm(other, 5_000_000));
+        let before = now_ntp();
+        let out = s.test_run(&pkt).unwrap();
+        let after = now_ntp();
+        let t3 = t3_of(&out, false);
+        assert!(
+            t3 >= before && t3 <= after,
+            "{t3:x} not in [{before:x}, {after:x}]"
+        );
+        assert_eq!(slots.written(origin), None);
+        assert_eq!(slots.written(other), None);
+        // A zero origin never arms.
+        assert!(!slots.arm([0; 8], 1));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use super::stats::WorkerStats;
 use crate::clock::domain::ServedClock;
 use crate::config::EgressStampArg;
-use crate::net::egress::{ethernet_interfaces, realtime_minus_tai_ns, EgressStamper};
+use crate::net::egress::{ethernet_interfaces, realtime_minus_tai_ns, EgressSlots, EgressStamper};
 
 /// How often the TAI offset and the counters are refreshed.
 const REFRESH: Duration = Duration::from_millis(250);
@@ -26,6 +26,8 @@ pub struct EgressStamping {
     pub thread: Option<JoinHandle<()>>,
     /// The program's counters, summed into the statistics.
     pub stats: Arc<WorkerStats>,
+    /// The workers' handle on the per-reply slots, when the program runs.
+    pub slots: Option<EgressSlots>,
 }
 
 /// Why egress stamping cannot be used with these settings, if it cannot.
@@ -54,6 +56,7 @@ pub fn start(
     let none = |stats| EgressStamping {
         thread: None,
         stats,
+        slots: None,
     };
     if arg == EgressStampArg::Off {
         tracing::info!("basic transmit timestamps: pre-send reading plus the latency estimate (--egress-stamp off)");
@@ -106,12 +109,14 @@ pub fn start(
         "basic transmit timestamps: written at egress by an eBPF program (tcx), a kernel reading taken as the reply leaves for the device; the pre-send estimate stays in replies the program does not take"
     );
     let out = stats.clone();
+    let slots = Some(stamper.slots());
     let thread = std::thread::Builder::new()
         .name("hwntpd-egress".into())
         .spawn(move || refresher(stamper, attached, out, stop))?;
     Ok(EgressStamping {
         thread: Some(thread),
         stats,
+        slots,
     })
 }
 
@@ -139,6 +144,16 @@ fn privileged() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Copy the program's counters into the statistics.
+fn publish(stamper: &EgressStamper, stats: &WorkerStats) {
+    stats
+        .egress_stamped
+        .store(stamper.stamped(), Ordering::Relaxed);
+    stats
+        .egress_refused
+        .store(stamper.refused(), Ordering::Relaxed);
+}
+
 fn refresher(
     mut stamper: EgressStamper,
     mut attached: Vec<u32>,
@@ -162,12 +177,7 @@ fn refresher(
                 }
             }
         }
-        stats
-            .egress_stamped
-            .store(stamper.stamped(), Ordering::Relaxed);
-        stats
-            .egress_refused
-            .store(stamper.refused(), Ordering::Relaxed);
+        publish(&stamper, &stats);
         if last_scan.elapsed() >= RESCAN && privileged() {
             last_scan = Instant::now();
             let before = attached.len();
@@ -178,7 +188,9 @@ fn refresher(
         }
         std::thread::sleep(REFRESH);
     }
-    // Dropping the stamper closes the links: the kernel detaches the program.
+    // Last counts for the final statistics; dropping the stamper closes the
+    // links and the kernel detaches the program.
+    publish(&stamper, &stats);
     stamper.disable();
 }
 

@@ -283,6 +283,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
             nts: nts.as_ref().map(|n| n.state.clone()),
             direct_send: args.direct_send == OnOffArg::On,
             warm_send_path: args.warm_send_path == OnOffArg::On,
+            egress: egress.slots.clone(),
         };
         let ready = ready_tx.clone();
         let h = std::thread::Builder::new()

@@ -33,6 +33,11 @@ pub struct Sent {
     /// Whether the exact time goes into the interleaved-mode table (else the
     /// timestamp only calibrates the send latency).
     pub interleave: bool,
+    /// The origin timestamp's octets under which the reply's egress slot was
+    /// armed (`--egress-stamp`), or zeros.
+    pub egress_origin: [u8; 8],
+    /// The correction left in that slot, nanoseconds.
+    pub egress_corr: i64,
 }
 
 #[derive(Clone, Copy)]
@@ -131,6 +136,8 @@ mod tests {
             situation: Situation::default(),
             estimate: NtpTimestamp(k << 8),
             interleave: true,
+            egress_origin: [0; 8],
+            egress_corr: 0,
         }
     }
 
@@ -214,6 +221,8 @@ mod tests {
                     situation: Situation::default(),
                     estimate: pre_send,
                     interleave: true,
+                    egress_origin: [0; 8],
+                    egress_corr: 0,
                 },
                 t0,
             );

@@ -19,6 +19,7 @@ use crate::clock::realtime;
 use crate::clock::snapshot::StateCell;
 use crate::net::addr::parse_sockaddr;
 use crate::net::cmsg::{build_reply_control, parse_rx_control, TxTimestamp, TxTsRequest};
+use crate::net::egress::EgressSlots;
 use crate::net::errqueue::{drain_tx_timestamps, MAX_PER_CALL};
 use crate::net::socket::readiness;
 use crate::net::uring::{
@@ -124,6 +125,9 @@ pub struct WorkerConfig {
     /// Before the reading of a lone basic reply sent after the worker was idle,
     /// probe its route (`--warm-send-path`; see [`Worker::flush_batch`]).
     pub warm_send_path: bool,
+    /// The egress program's per-reply slots, when it stamps basic replies
+    /// (`--egress-stamp`; see [`crate::net::egress`]).
+    pub egress: Option<EgressSlots>,
 }
 
 const KIND_SHIFT: u32 = 56;
@@ -154,6 +158,9 @@ struct SocketState {
     next_key: u32,
     pending: PendingTx,
     latency: SendLatency,
+    /// Latency from the egress program's reading to the driver's transmit
+    /// stamp, by situation (only the idle class: place 0).
+    egress_latency: SendLatency,
     /// Receive completions keep coming while datagrams wait.
     rx_watch: Watchdog,
     /// Transmit-timestamp completions keep coming while the error queue holds some.
@@ -296,6 +303,7 @@ impl Worker {
                 next_key: 0,
                 pending: PendingTx::new(PENDING_TX),
                 latency: SendLatency::default(),
+                egress_latency: SendLatency::default(),
                 rx_watch: Watchdog::default(),
                 tx_watch: Watchdog::default(),
                 drops_seen: cfg.guards.drops_seen.get(i).copied().unwrap_or(0),
@@ -1036,6 +1044,22 @@ impl Worker {
             if q.patch_transmit {
                 set_transmit(self.slots.payload_mut(q.slot), transmit);
             }
+            // The egress program reads the clock again as this basic reply
+            // leaves and adds the learned latency from there to the driver's
+            // stamp (never NTS: sealed over the header).
+            let mut egress_origin = [0u8; 8];
+            let mut egress_corr = 0;
+            if let (true, None, Some(slots)) = (q.patch_transmit, &q.seal, &self.cfg.egress) {
+                let payload = self.slots.payload_mut(q.slot);
+                let mut origin = [0u8; 8];
+                origin.copy_from_slice(&payload[24..32]);
+                if self.cfg.domains.send_latency_comp() {
+                    egress_corr = sock.egress_latency.estimate(q.situation.at_place(0), 0);
+                }
+                if slots.arm(origin, egress_corr) {
+                    egress_origin = origin;
+                }
+            }
             // NTS: the Authenticator covers the header, so it is sealed after
             // the transmit timestamp is final.
             if let Some(job) = &q.seal {
@@ -1053,6 +1077,8 @@ impl Worker {
                     situation: q.situation,
                     estimate: transmit,
                     interleave: q.interleave,
+                    egress_origin,
+                    egress_corr,
                 };
                 if sock.pending.register(q.tx_key, sent, sent_at) {
                     bump(&self.cfg.stats.tx_ts_missed);
@@ -1262,6 +1288,7 @@ impl Worker {
         for sock in &mut self.sockets {
             add(&self.cfg.stats.tx_ts_missed, sock.pending.sweep(now));
             sock.latency.refit(served);
+            sock.egress_latency.refit(served);
         }
     }
 
@@ -1330,9 +1357,24 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
         exact.diff_nanos(sent.pre_send),
         exact,
     );
-    // How far the served estimate was from the real transmit time (the error a
+    // What the reply carried: the egress program's value when it wrote one,
+    // else the estimate. An armed reply whose slot no longer tells (another
+    // reply took it, or the program refused) is left out of the error.
+    let mut carried = Some(sent.estimate);
+    if let (true, Some(slots)) = (sent.egress_origin != [0; 8], &cfg.egress) {
+        carried = slots.written(sent.egress_origin).map(NtpTimestamp);
+        if let Some(written) = carried {
+            // Reading to stamp, without the correction that was added.
+            let latency = exact.diff_nanos(written) + sent.egress_corr;
+            sock.egress_latency
+                .add(sent.situation.at_place(0), 0, latency, exact);
+        }
+    }
+    // How far the served transmit time was from the real one (the error a
     // basic reply's transmit timestamp carries).
-    stats.record_estimate_error(exact.diff_nanos(sent.estimate));
+    if let Some(carried) = carried {
+        stats.record_estimate_error(exact.diff_nanos(carried));
+    }
     if let (true, Some(t)) = (sent.interleave, &cfg.table) {
         t.update(sent.served_receive, exact.with_even_low_bit());
     }
@@ -1463,6 +1505,7 @@ mod tests {
             nts: None,
             direct_send: false,
             warm_send_path: false,
+            egress: None,
         };
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let worker = std::thread::spawn(move || {
@@ -1563,6 +1606,7 @@ mod tests {
                 nts: None,
                 direct_send,
                 warm_send_path: direct_send,
+                egress: None,
             };
             let faults = faults.clone();
             let (ready_tx, ready) = std::sync::mpsc::channel();

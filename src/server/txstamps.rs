@@ -33,6 +33,10 @@ pub struct Sent {
     /// Whether the exact time goes into the interleaved-mode table (else the
     /// timestamp only calibrates the send latency).
     pub interleave: bool,
+    /// Whether the reply carried a transmit time of its own (basic: the
+    /// estimate, or the egress program's value); an interleaved reply carries
+    /// an earlier reply's exact time.
+    pub basic: bool,
     /// The origin timestamp's octets under which the reply's egress slot was
     /// armed (`--egress-stamp`), or zeros.
     pub egress_origin: [u8; 8],
@@ -136,6 +140,7 @@ mod tests {
             situation: Situation::default(),
             estimate: NtpTimestamp(k << 8),
             interleave: true,
+            basic: false,
             egress_origin: [0; 8],
             egress_corr: 0,
         }
@@ -221,6 +226,7 @@ mod tests {
                     situation: Situation::default(),
                     estimate: pre_send,
                     interleave: true,
+                    basic: true,
                     egress_origin: [0; 8],
                     egress_corr: 0,
                 },

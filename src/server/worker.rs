@@ -1077,6 +1077,7 @@ impl Worker {
                     situation: q.situation,
                     estimate: transmit,
                     interleave: q.interleave,
+                    basic: q.patch_transmit,
                     egress_origin,
                     egress_corr,
                 };
@@ -1359,8 +1360,11 @@ fn handle_tx_timestamp(sock: &mut SocketState, cfg: &WorkerConfig, ts: &TxTimest
     );
     // What the reply carried: the egress program's value when it wrote one,
     // else the estimate. An armed reply whose slot no longer tells (another
-    // reply took it, or the program refused) is left out of the error.
-    let mut carried = Some(sent.estimate);
+    // reply took it, or the program refused) is left out of the error. Without
+    // the program, an interleaved reply counts with the estimate it would
+    // have carried as a basic reply (the estimator's own error); with it,
+    // that would not be what a basic reply carries, so it is left out.
+    let mut carried = (sent.basic || cfg.egress.is_none()).then_some(sent.estimate);
     if let (true, Some(slots)) = (sent.egress_origin != [0; 8], &cfg.egress) {
         carried = slots.written(sent.egress_origin).map(NtpTimestamp);
         if let Some(written) = carried {

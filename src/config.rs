@@ -337,6 +337,17 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = EgressStampArg::Auto)]
     pub egress_stamp: EgressStampArg,
 
+    /// With --egress-stamp: also add the learned floor of the latency from
+    /// the program's reading to the driver's transmit stamp (measured per
+    /// idle class from replies whose exact transmit time comes back). Brings
+    /// the transmit timestamp about 0.7 us closer on an idle server, but a
+    /// floor is undercut by the fastest sends: about 1 % of replies then
+    /// carry a time after the real transmit (by about 0.1 us). "off": the
+    /// program's bare reading, which precedes the driver's stamp on the same
+    /// CPU in the same call chain, so it is never after it.
+    #[arg(long, value_enum, default_value_t = OnOffArg::Off)]
+    pub egress_correction: OnOffArg,
+
     /// Receive buffer of each socket in bytes, to absorb bursts (the kernel's
     /// default of about 200 KiB holds some 1500 requests). Forced past
     /// net.core.rmem_max when running as root. 0: the kernel's default.

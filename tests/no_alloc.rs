@@ -348,7 +348,7 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool, nts: bool) -> u64 {
         // (the program is loaded, not attached; needs root, as this test).
         egress: hwntpd::net::egress::EgressStamper::new()
             .ok()
-            .map(|s| s.slots()),
+            .map(|s| s.slots(true)),
     };
     let worker = std::thread::spawn(move || {
         ON_WORKER.with(|c| c.set(true));

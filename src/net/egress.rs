@@ -588,9 +588,16 @@ impl Drop for Mapping {
 #[derive(Clone)]
 pub struct EgressSlots {
     map: Arc<Mapping>,
+    correct: bool,
 }
 
 impl EgressSlots {
+    /// Whether the workers leave a learned correction (`--egress-correction`),
+    /// or 0 so the program's bare reading is served.
+    pub fn corrects(&self) -> bool {
+        self.correct
+    }
+
     fn slot(origin: &[u8; 8]) -> usize {
         cfg::SLOTS_AT as usize + usize::from(origin[4]) * cfg::SLOT_SIZE as usize
     }
@@ -684,10 +691,12 @@ impl EgressStamper {
         self.map.word(off as usize)
     }
 
-    /// The workers' handle on the per-reply slots.
-    pub fn slots(&self) -> EgressSlots {
+    /// The workers' handle on the per-reply slots; with `correct`, they leave
+    /// a learned correction there (else 0).
+    pub fn slots(&self, correct: bool) -> EgressSlots {
         EgressSlots {
             map: self.map.clone(),
+            correct,
         }
     }
 
@@ -1012,7 +1021,7 @@ mod tests {
     #[test]
     fn slots_carry_the_correction_and_report_the_written_value() {
         let Some(s) = stamper() else { return };
-        let slots = s.slots();
+        let slots = s.slots(true);
         let ms = (1u64 << 32) / 1000;
         let now_ntp =
             || ntp_of_unix_ns((tai_now_ns() as i64 + realtime_minus_tai_ns().unwrap()) as u64);

@@ -47,6 +47,7 @@ pub fn unsuitable(served: ServedClock, tx_hardware: bool) -> Option<&'static str
 /// replies keep the estimate; with `on`, it is a start-up error.
 pub fn start(
     arg: EgressStampArg,
+    correction: bool,
     served: ServedClock,
     tx_hardware: bool,
     sockets: &[RawFd],
@@ -109,7 +110,7 @@ pub fn start(
         "basic transmit timestamps: written at egress by an eBPF program (tcx), a kernel reading taken as the reply leaves for the device; the pre-send estimate stays in replies the program does not take"
     );
     let out = stats.clone();
-    let slots = Some(stamper.slots());
+    let slots = Some(stamper.slots(correction));
     let thread = std::thread::Builder::new()
         .name("hwntpd-egress".into())
         .spawn(move || refresher(stamper, attached, out, stop))?;
@@ -210,6 +211,7 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let r = start(
             EgressStampArg::Off,
+            false,
             ServedClock::System,
             false,
             &[],
@@ -219,6 +221,7 @@ mod tests {
         assert!(r.thread.is_none());
         let r = start(
             EgressStampArg::Auto,
+            false,
             ServedClock::Phc,
             false,
             &[],
@@ -226,6 +229,14 @@ mod tests {
         )
         .unwrap();
         assert!(r.thread.is_none());
-        assert!(start(EgressStampArg::On, ServedClock::Phc, false, &[], stop).is_err());
+        assert!(start(
+            EgressStampArg::On,
+            false,
+            ServedClock::Phc,
+            false,
+            &[],
+            stop
+        )
+        .is_err());
     }
 }

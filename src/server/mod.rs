@@ -242,6 +242,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
         .collect();
     let egress = egress_stamp::start(
         args.egress_stamp,
+        args.egress_correction == OnOffArg::On,
         served,
         plan.tx_hardware,
         &socket_fds,

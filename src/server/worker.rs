@@ -1053,7 +1053,7 @@ impl Worker {
                 let payload = self.slots.payload_mut(q.slot);
                 let mut origin = [0u8; 8];
                 origin.copy_from_slice(&payload[24..32]);
-                if self.cfg.domains.send_latency_comp() {
+                if slots.corrects() && self.cfg.domains.send_latency_comp() {
                     egress_corr = sock.egress_latency.estimate(q.situation.at_place(0), 0);
                 }
                 if slots.arm(origin, egress_corr) {

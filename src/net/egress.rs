@@ -783,16 +783,11 @@ impl EgressStamper {
     }
 }
 
-/// `REALTIME - TAI` in nanoseconds: minus the kernel's TAI offset.
+/// `REALTIME - TAI` in nanoseconds: minus the kernel's TAI offset (read
+/// with the same `adjtimex` as the reference state,
+/// [`crate::clock::kernel::read_kernel_clock`]).
 pub fn realtime_minus_tai_ns() -> io::Result<i64> {
-    // SAFETY: `timex` is plain data; modes 0 makes adjtimex a read.
-    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
-    // SAFETY: `tx` is a valid, writable timex.
-    let r = unsafe { libc::adjtimex(&mut tx) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(-i64::from(tx.tai) * 1_000_000_000)
+    crate::clock::kernel::read_kernel_clock().map(|k| -i64::from(k.tai) * 1_000_000_000)
 }
 
 /// Interfaces with Ethernet framing (`/sys/class/net/*/type` 1, or the

@@ -99,7 +99,7 @@ pub fn start(
     }
     let mut attached = Vec::new();
     attach_new(&mut stamper, &mut attached);
-    if attached.is_empty() {
+    if stamper.interfaces().is_empty() {
         return fail(
             "no Ethernet-framed interface took the program (tcx egress)".into(),
             stats,
@@ -121,22 +121,17 @@ pub fn start(
     })
 }
 
-/// Attach to every Ethernet interface not yet in `attached` (ifindex list).
-fn attach_new(stamper: &mut EgressStamper, attached: &mut Vec<u32>) {
+/// Attach to every Ethernet interface not yet tried (`tried`: ifindexes,
+/// failures included, so each is tried and logged once).
+fn attach_new(stamper: &mut EgressStamper, tried: &mut Vec<u32>) {
     for (name, index) in ethernet_interfaces() {
-        if attached.contains(&index) {
+        if tried.contains(&index) {
             continue;
         }
+        tried.push(index);
         match stamper.attach(&name, index) {
-            Ok(()) => {
-                attached.push(index);
-                tracing::debug!(interface = %name, "egress program attached");
-            }
-            Err(e) => {
-                // Remembered, so it is tried once and logged once.
-                attached.push(index);
-                tracing::warn!(interface = %name, "egress program not attached: {e}");
-            }
+            Ok(()) => tracing::debug!(interface = %name, "egress program attached"),
+            Err(e) => tracing::warn!(interface = %name, "egress program not attached: {e}"),
         }
     }
 }
@@ -181,9 +176,9 @@ fn refresher(
         publish(&stamper, &stats);
         if last_scan.elapsed() >= RESCAN && privileged() {
             last_scan = Instant::now();
-            let before = attached.len();
+            let before = stamper.interfaces().len();
             attach_new(&mut stamper, &mut attached);
-            if attached.len() > before {
+            if stamper.interfaces().len() > before {
                 tracing::info!(interfaces = ?stamper.interfaces(), "egress program: interfaces now");
             }
         }

@@ -29,14 +29,6 @@ fn healthz(addr: SocketAddr) -> (u16, String) {
     (code, body.trim_end().to_string())
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn unhealthy_node_is_silent_and_recovers_only_after_the_hysteresis() {
     // The "reference": another hwntpd serving its local clock at stratum 2.

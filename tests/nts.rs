@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -121,14 +121,6 @@ fn make_certs(dir: &Path) -> Option<Certs> {
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
     })
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// hwntpd on loopback with NTS-KE on 127.0.0.1:`ke` and these extra arguments.

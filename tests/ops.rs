@@ -61,14 +61,6 @@ fn plain(log: &str) -> String {
     out
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Every sample's family has exactly one `# HELP` and one `# TYPE`, before
 /// its samples; returns sample name (with labels) -> value.
 fn check_exposition(text: &str) -> HashMap<String, f64> {

@@ -20,13 +20,54 @@ pub struct Server {
 
 /// A UDP port that was free a moment ago on both 127.0.0.1 and ::1.
 pub fn free_port() -> u16 {
-    loop {
-        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = s.local_addr().unwrap().port();
-        if UdpSocket::bind(("::1", port)).is_ok() {
+    let free = |port| {
+        UdpSocket::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("::1", port)).is_ok()
+    };
+    port_below_ephemeral(free).unwrap_or_else(|| loop {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if free(port) {
             return port;
         }
+    })
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_tcp_port() -> u16 {
+    let listen = |port| std::net::TcpListener::bind(("127.0.0.1", port));
+    port_below_ephemeral(|port| listen(port).is_ok())
+        .unwrap_or_else(|| listen(0).unwrap().local_addr().unwrap().port())
+}
+
+/// A port for which `free` holds, taken below the kernel's ephemeral range
+/// (`ip_local_port_range`), so the sockets the tests bind to port 0 can never
+/// be handed it between this check and the server's bind (a CI run once lost
+/// a test that way); a per-process counter keeps the tests of one binary
+/// (threads) off each other's ports. `None` when the ephemeral range leaves
+/// no room below it: then the caller takes a kernel-assigned port.
+fn port_below_ephemeral(free: impl Fn(u16) -> bool) -> Option<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .min(65536);
+    if low < FIRST + 1_000 {
+        eprintln!("ip_local_port_range starts at {low}: test ports come from the kernel");
+        return None;
     }
+    let span = low - FIRST;
+    let start = std::process::id().wrapping_mul(7919) % span;
+    (0..span).find_map(|_| {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (start + n) % span) as u16;
+        free(port).then_some(port)
+    })
 }
 
 pub fn tempdir(name: &str) -> PathBuf {

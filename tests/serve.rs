@@ -64,13 +64,17 @@ fn replies_field_by_field_v4_v3_v2_v1_ipv4_and_ipv6() {
         }
     }
     // Every packet received (the readiness probes included) is answered in
-    // basic mode. The statistics file may be written between a packet's
-    // receipt and its reply, so wait for the two counts to meet rather than
-    // compare one snapshot (CI once saw received 10, replies 9 that way); if a
-    // packet were dropped they never meet and this fails after 5 s.
+    // basic mode, except a readiness probe that reached the bound socket
+    // while start-up was still going (interleave table, egress program) and
+    // had waited longer than --max-request-age-ms when the worker read it: a
+    // counted stale drop, by design. The statistics file may be written
+    // between a packet's receipt and its reply, so wait for the counts to
+    // meet rather than compare one snapshot; if a packet were lost they never
+    // meet and this fails after 5 s.
     let s = server.wait_stats("every received packet answered in basic mode", |s| {
         let basic = stat(s, "hwntpd_replies_total{mode=\"basic\"}");
-        basic >= 8 && basic == stat(s, "hwntpd_received_total")
+        let stale = stat(s, "hwntpd_stale_requests_total");
+        basic >= 8 && stale <= 2 && basic + stale == stat(s, "hwntpd_received_total")
     });
     assert_eq!(stat_sum(&s, "hwntpd_drops_total"), 0, "no drops");
     assert!(

@@ -326,7 +326,11 @@ fn measure(tx_mode: TxTimestampMode, with_policy: bool, nts: bool) -> u64 {
     });
     let cfg = WorkerConfig {
         id: 0,
-        sockets: vec![WorkerSocket { fd, local }],
+        sockets: vec![WorkerSocket {
+            fd,
+            send: None,
+            local,
+        }],
         state: Arc::new(StateCell::new(state())),
         table: interleave.then(|| Arc::new(InterleaveTable::new(1 << 12))),
         policy: with_policy.then(|| Arc::new(Shared::new(busy_policy(), 1 << 12))),

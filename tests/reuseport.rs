@@ -48,7 +48,11 @@ fn reuseport_keeps_each_client_on_one_worker() {
         stats.push(st.clone());
         let cfg = WorkerConfig {
             id,
-            sockets: vec![WorkerSocket { fd, local: server }],
+            sockets: vec![WorkerSocket {
+                fd,
+                send: None,
+                local: server,
+            }],
             state: cell.clone(),
             table: Some(table.clone()),
             policy: None,

@@ -81,6 +81,12 @@ fn replies_field_by_field_v4_v3_v2_v1_ipv4_and_ipv6() {
         stat(&s, "hwntpd_rx_timestamps_total{source=\"kernel\"}") >= 8,
         "kernel RX timestamps on loopback"
     );
+    // The replies (v4 and v6) left from send-only sockets, not the receiving ones.
+    assert!(
+        !server.log().contains("no send-only socket"),
+        "{}",
+        server.log()
+    );
 }
 
 #[test]

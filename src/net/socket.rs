@@ -141,12 +141,9 @@ pub fn set_recv_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     getsockopt(&fd, sockopt::RcvBuf).map_err(io::Error::from)
 }
 
-/// Creates a non-blocking, close-on-exec UDP socket bound to `addr`:
-/// `IPV6_V6ONLY` for IPv6 (the v4 wildcard is a separate socket),
-/// `SO_REUSEPORT` when `reuseport` (one socket per worker on the same port),
-/// and `IP_PKTINFO` / `IPV6_RECVPKTINFO` on, so each request tells the local
-/// address it was sent to (the reply's source).
-pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError> {
+/// A non-blocking, close-on-exec UDP socket of `addr`'s family, not yet
+/// bound; `IPV6_V6ONLY` for IPv6 (the v4 wildcard is a separate socket).
+fn udp_socket(addr: SocketAddr) -> Result<OwnedFd, BindError> {
     let err = |op: &'static str| move |e: Errno| BindError::from_errno(addr, op, e);
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
@@ -162,6 +159,19 @@ pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError>
     .map_err(err("socket"))?;
     if addr.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(err("setsockopt(IPV6_V6ONLY)"))?;
+    }
+    Ok(fd)
+}
+
+/// Creates a non-blocking, close-on-exec UDP socket bound to `addr`:
+/// `IPV6_V6ONLY` for IPv6 (the v4 wildcard is a separate socket),
+/// `SO_REUSEPORT` when `reuseport` (one socket per worker on the same port),
+/// and `IP_PKTINFO` / `IPV6_RECVPKTINFO` on, so each request tells the local
+/// address it was sent to (the reply's source).
+pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError> {
+    let err = |op: &'static str| move |e: Errno| BindError::from_errno(addr, op, e);
+    let fd = udp_socket(addr)?;
+    if addr.is_ipv6() {
         setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)
             .map_err(err("setsockopt(IPV6_RECVPKTINFO)"))?;
     } else {
@@ -176,6 +186,82 @@ pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> Result<OwnedFd, BindError>
     socket::bind(fd.as_raw_fd(), &sa).map_err(err("bind"))?;
     Ok(fd)
 }
+
+/// Send-only twins of the receiving sockets `group` (all bound to one address
+/// and port, e.g. one per worker through `SO_REUSEPORT`): one per member, in
+/// order, bound to the same address and port, so replies sent from them carry
+/// the server's port, but connected to a peer that never sends to the server,
+/// so the kernel never hands them a request.
+///
+/// Why: transmit timestamps are queued on the *sending* socket's error queue,
+/// inside the driver's transmit and before the packet reaches the wire (or a
+/// veth peer). Queueing one wakes every waiter on that socket, and a
+/// receiving socket always has one: the io_uring multishot receive's poll
+/// entry. That wake-up (the ring's task work) ran between the stamp and the
+/// packet's departure, so replies left later than their stamps said. A twin
+/// has no waiter: the stamp is followed at once by the packet.
+///
+/// How they stay send-only: a connected UDP socket scores -1 in the kernel's
+/// lookup for every datagram not from its peer (`compute_score` in
+/// `net/ipv4/udp.c`), and the peer is the bound address itself (loopback for
+/// a wildcard bind) at port [`DISCARD_PORT`], which no client sends from.
+/// Twins are not in the `SO_REUSEPORT` group (connected members would skew
+/// the group's hash), so the group and the twins carry `SO_REUSEADDR` just for
+/// the twins' `bind` and lose it again after: a later bind by anyone else is
+/// refused as before. A `sendmsg` with a destination address is allowed on a
+/// connected UDP socket and goes to that destination.
+pub fn bind_send_twins(group: &[BorrowedFd<'_>]) -> Result<Vec<OwnedFd>, BindError> {
+    let Some(first) = group.first() else {
+        return Ok(Vec::new());
+    };
+    let addr = local_addr(*first).map_err(|e| BindError::Other {
+        addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+        op: "getsockname",
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+    })?;
+    let err = |op: &'static str| move |e: Errno| BindError::from_errno(addr, op, e);
+    let mut twins = Vec::with_capacity(group.len());
+    for _ in group {
+        let fd = udp_socket(addr)?;
+        setsockopt(&fd, sockopt::ReuseAddr, &true).map_err(err("setsockopt(SO_REUSEADDR)"))?;
+        twins.push(fd);
+    }
+    let set_group = |on: bool| {
+        group
+            .iter()
+            .try_for_each(|fd| setsockopt(fd, sockopt::ReuseAddr, &on))
+            .map_err(err("setsockopt(SO_REUSEADDR)"))
+    };
+    let bound = set_group(true).and_then(|()| {
+        twins
+            .iter()
+            .try_for_each(|t| socket::bind(t.as_raw_fd(), &SockaddrStorage::from(addr)))
+            .map_err(err("bind"))
+    });
+    // Whatever the binds did: no socket lets another bind share the port.
+    let cleared = set_group(false).and_then(|()| {
+        twins
+            .iter()
+            .try_for_each(|t| setsockopt(t, sockopt::ReuseAddr, &false))
+            .map_err(err("setsockopt(SO_REUSEADDR)"))
+    });
+    bound?;
+    cleared?;
+    let peer_ip = match addr.ip() {
+        ip if !ip.is_unspecified() => ip,
+        std::net::IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+    };
+    let peer = SockaddrStorage::from(SocketAddr::new(peer_ip, DISCARD_PORT));
+    for t in &twins {
+        socket::connect(t.as_raw_fd(), &peer).map_err(err("connect"))?;
+    }
+    Ok(twins)
+}
+
+/// The port a send twin is connected to ([`bind_send_twins`]): discard, which
+/// no NTP client sends from.
+pub const DISCARD_PORT: u16 = 9;
 
 /// The address a socket is bound to (`getsockname`), e.g. to learn an ephemeral port.
 pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
@@ -577,6 +663,98 @@ mod tests {
             bind_udp(paddr, true),
             Err(BindError::AddrInUse { .. })
         ));
+    }
+
+    /// A send twin shares the port of its receiving socket(s) but is never
+    /// handed a request; what it sends carries the port; nobody else can bind
+    /// the port afterwards. IPv4 and IPv6, specific and wildcard binds, and a
+    /// reuseport group of two (the group still shares the requests).
+    #[test]
+    fn send_twin_shares_the_port_and_receives_nothing() {
+        for (bind, client_ip) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("0.0.0.0:0", "127.0.0.1"),
+            ("[::1]:0", "::1"),
+            ("[::]:0", "::1"),
+        ] {
+            let first = match bind_udp(bind.parse().unwrap(), true) {
+                Ok(fd) => fd,
+                Err(
+                    e @ (BindError::AddrNotAvailable { .. } | BindError::FamilyNotSupported { .. }),
+                ) => {
+                    println!("SKIP {bind}: no IPv6 loopback here: {e}");
+                    continue;
+                }
+                Err(e) => panic!("{e}"),
+            };
+            let addr = local_addr(first.as_fd()).unwrap();
+            let second = bind_udp(addr, true).unwrap();
+            let twins = bind_send_twins(&[first.as_fd(), second.as_fd()]).unwrap();
+            assert_eq!(twins.len(), 2);
+            for t in &twins {
+                assert_eq!(local_addr(t.as_fd()).unwrap().port(), addr.port(), "{bind}");
+            }
+            // Nobody else gets the port, with or without SO_REUSEADDR.
+            assert!(
+                matches!(bind_udp(addr, false), Err(BindError::AddrInUse { .. })),
+                "{bind}"
+            );
+            let family = if addr.is_ipv4() {
+                AddressFamily::Inet
+            } else {
+                AddressFamily::Inet6
+            };
+            let other =
+                socket::socket(family, SockType::Datagram, SockFlag::empty(), None).unwrap();
+            setsockopt(&other, sockopt::ReuseAddr, &true).unwrap();
+            if addr.is_ipv6() {
+                setsockopt(&other, sockopt::Ipv6V6Only, &true).unwrap();
+            }
+            assert_eq!(
+                socket::bind(other.as_raw_fd(), &SockaddrStorage::from(addr)),
+                Err(Errno::EADDRINUSE),
+                "{bind}"
+            );
+
+            // 64 clients (64 source ports): every request reaches a receiving
+            // socket, both of them get some, the twins none.
+            let dst = SocketAddr::new(client_ip.parse().unwrap(), addr.port());
+            let clients: Vec<_> = (0..64)
+                .map(|_| std::net::UdpSocket::bind((client_ip, 0)).unwrap())
+                .collect();
+            for c in &clients {
+                c.send_to(b"request", dst).unwrap();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let count = |fd: &OwnedFd| {
+                let s = std::net::UdpSocket::from(fd.try_clone().unwrap());
+                let mut buf = [0u8; 16];
+                std::iter::from_fn(|| s.recv_from(&mut buf).ok()).count()
+            };
+            let (a, b) = (count(&first), count(&second));
+            assert_eq!(a + b, 64, "{bind}: {a} + {b}");
+            assert!(
+                a > 0 && b > 0,
+                "{bind}: the group shares the requests: {a} + {b}"
+            );
+            for t in &twins {
+                assert_eq!(count(t), 0, "{bind}: a twin was handed a request");
+            }
+
+            // A reply from a twin reaches the client from the server's port
+            // (and from the request's address, given as the source).
+            let twin = std::net::UdpSocket::from(twins[0].try_clone().unwrap());
+            let to = clients[0].local_addr().unwrap();
+            let mut control = CmsgBuffer::<{ cmsg::REPLY_CONTROL_SPACE }>::new();
+            let n = cmsg::build_reply_control(&mut control.0, Some((dst.ip(), 0)), None);
+            send_with_control(twin.as_fd(), b"reply", to, &control.0[..n]).unwrap();
+            clients[0]
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 16];
+            let (len, from) = clients[0].recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..len], from), (&b"reply"[..], dst), "{bind}");
+        }
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::clock::reference::{ReferenceConfig, ReferenceKind};
 use crate::clock::snapshot::{initial_state, spawn_refresher, StateCell};
 use crate::clock::wire::{Compensation, SPEED_UNKNOWN};
 use crate::config::{Args, OnOffArg, OnUnsyncArg, ReferenceArg, TimestampingArg};
-use crate::net::socket::{bind_udp, set_recv_buffer};
+use crate::net::socket::{bind_send_twins, bind_udp, set_recv_buffer};
 use crate::net::uring::RingConfig;
 use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
@@ -180,9 +180,35 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
             }
             plan.apply(&fd)
                 .with_context(|| format!("enabling timestamping on {addr}"))?;
-            socks.push(WorkerSocket { fd, local: *addr });
+            socks.push(WorkerSocket {
+                fd,
+                send: None,
+                local: *addr,
+            });
         }
         per_worker.push(socks);
+    }
+
+    // Replies leave from send-only twins of the receiving sockets, so that no
+    // receive wake-up runs between a transmit timestamp and the packet.
+    for (j, addr) in listen.iter().enumerate() {
+        let group: Vec<_> = per_worker
+            .iter()
+            .map(|w: &Vec<WorkerSocket>| w[j].fd.as_fd())
+            .collect();
+        match bind_send_twins(&group) {
+            Ok(twins) => {
+                for (w, twin) in per_worker.iter_mut().zip(twins) {
+                    plan.apply(&twin).with_context(|| {
+                        format!("enabling timestamping on {addr} (send socket)")
+                    })?;
+                    w[j].send = Some(twin);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "no send-only socket: replies leave from the receiving socket, whose receive wake-up then runs between each transmit timestamp and the packet's departure")
+            }
+        }
     }
 
     if args.recv_buffer > 0 {
@@ -238,7 +264,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     let socket_fds: Vec<_> = per_worker
         .iter()
         .flatten()
-        .map(|s: &WorkerSocket| s.fd.as_raw_fd())
+        .map(|s: &WorkerSocket| s.send_fd().as_raw_fd())
         .collect();
     let egress = egress_stamp::start(
         args.egress_stamp,

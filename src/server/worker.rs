@@ -9,7 +9,7 @@
 //! handed to the kernel.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,10 +77,20 @@ pub enum RxTimestamps {
 
 /// One listening socket of a worker.
 pub struct WorkerSocket {
-    /// The socket.
+    /// The socket requests arrive on.
     pub fd: OwnedFd,
+    /// The socket replies leave from, with their transmit timestamps on its
+    /// error queue ([`crate::net::socket::bind_send_twin`]); `None`: `fd`.
+    pub send: Option<OwnedFd>,
     /// The address it is bound to.
     pub local: SocketAddr,
+}
+
+impl WorkerSocket {
+    /// The socket replies are sent from (and transmit timestamps read from).
+    pub fn send_fd(&self) -> BorrowedFd<'_> {
+        self.send.as_ref().unwrap_or(&self.fd).as_fd()
+    }
 }
 
 /// Everything a worker needs; moved into its thread.
@@ -154,6 +164,8 @@ const PENDING_TX: usize = 4096;
 
 struct SocketState {
     fd: RawFd,
+    /// Where replies are sent from: [`WorkerSocket::send_fd`].
+    send_fd: RawFd,
     local: SocketAddr,
     next_key: u32,
     pending: PendingTx,
@@ -299,6 +311,7 @@ impl Worker {
             .enumerate()
             .map(|(i, s)| SocketState {
                 fd: s.fd.as_raw_fd(),
+                send_fd: s.send_fd().as_raw_fd(),
                 local: s.local,
                 next_key: 0,
                 pending: PendingTx::new(PENDING_TX),
@@ -339,13 +352,13 @@ impl Worker {
                 TxTimestampMode::Off => Ok(()),
                 TxTimestampMode::UringCommand => match &mut w.tx_ring {
                     Some(tx) => tx
-                        .arm_tx_timestamps(w.sockets[i].fd, tag(KIND_TXTS, i, 0))
+                        .arm_tx_timestamps(w.sockets[i].send_fd, tag(KIND_TXTS, i, 0))
                         .and_then(|()| tx.submit().map(drop)),
                     None => Ok(()),
                 },
                 TxTimestampMode::ErrorQueue => w
                     .ring
-                    .arm_poll_err(w.sockets[i].fd, tag(KIND_POLLERR, i, 0)),
+                    .arm_poll_err(w.sockets[i].send_fd, tag(KIND_POLLERR, i, 0)),
                 TxTimestampMode::AfterSend => Ok(()),
             });
             if let Err(e) = armed {
@@ -597,7 +610,7 @@ impl Worker {
         }
         if kind == KIND_CANCEL && c.result == -libc::ENOENT {
             // The watchdog's cancel found no command in flight: arm one.
-            let r = tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0));
+            let r = tx.arm_tx_timestamps(self.sockets[socket].send_fd, tag(KIND_TXTS, socket, 0));
             self.tolerate(r)?;
             let r = tx.submit();
             return self.tolerate(r);
@@ -617,7 +630,7 @@ impl Worker {
         }
         if !c.more() && c.result != -libc::EINVAL {
             // (Not re-armed when it cannot be queued: the watchdog restarts it.)
-            let r = tx.arm_tx_timestamps(self.sockets[socket].fd, tag(KIND_TXTS, socket, 0));
+            let r = tx.arm_tx_timestamps(self.sockets[socket].send_fd, tag(KIND_TXTS, socket, 0));
             self.tolerate(r)?;
             let r = tx.submit();
             self.tolerate(r)?;
@@ -686,7 +699,7 @@ impl Worker {
             KIND_POLLERR if socket < self.sockets.len() => {
                 self.sockets[socket].tx_watch.saw_completion();
                 self.drain_error_queue(socket);
-                let fd = self.sockets[socket].fd;
+                let fd = self.sockets[socket].send_fd;
                 if !c.more() {
                     let r = self.ring.arm_poll_err(fd, tag(KIND_POLLERR, socket, 0));
                     self.tolerate(r)?;
@@ -1018,7 +1031,9 @@ impl Worker {
             let q = self.batch[0];
             // A failed probe costs nothing but the call: the send reports any
             // real error itself.
-            let _ = self.slots.probe_route(self.sockets[q.socket].fd, q.slot);
+            let _ = self
+                .slots
+                .probe_route(self.sockets[q.socket].send_fd, q.slot);
             bump(&self.cfg.stats.send_path_probes);
         }
         let now = self.served_now();
@@ -1095,7 +1110,7 @@ impl Worker {
                     }
                 }
             }
-            let fd = self.sockets[q.socket].fd;
+            let fd = self.sockets[q.socket].send_fd;
             if direct {
                 let result = self.slots.send_now(fd, q.slot);
                 bump(&self.cfg.stats.direct_sends);
@@ -1180,7 +1195,12 @@ impl Worker {
                 continue;
             }
             bump(&self.cfg.stats.other_syscalls);
-            let now = readiness(self.cfg.sockets[i].fd.as_fd());
+            let ws = &self.cfg.sockets[i];
+            let mut now = readiness(ws.fd.as_fd());
+            if let Some(twin) = &ws.send {
+                bump(&self.cfg.stats.other_syscalls);
+                now.error_queue = readiness(twin.as_fd()).error_queue;
+            }
             let sock = &mut self.sockets[i];
             let rx_stalled = sock.rx_watch.check(now.data);
             let tx_stalled = tx_on && sock.tx_watch.check(now.error_queue);
@@ -1242,7 +1262,7 @@ impl Worker {
         let (cfg, sock) = (&self.cfg, &mut self.sockets[socket]);
         // A queue holds at most the receive buffer's worth of entries.
         let max = max.min(64 * MAX_PER_CALL);
-        let fd = cfg.sockets[socket].fd.as_fd();
+        let fd = cfg.sockets[socket].send_fd();
         match drain_tx_timestamps(fd, &mut |ts| handle_tx_timestamp(sock, cfg, &ts), max) {
             Ok(d) => {
                 add(&cfg.stats.other_syscalls, d.syscalls as u64);
@@ -1480,7 +1500,11 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = WorkerConfig {
             id: 0,
-            sockets: vec![WorkerSocket { fd, local }],
+            sockets: vec![WorkerSocket {
+                fd,
+                send: None,
+                local,
+            }],
             state: Arc::new(StateCell::new(ServerState::local_stratum1(
                 -20,
                 NtpShort(1),
@@ -1585,7 +1609,11 @@ mod tests {
             let stop = Arc::new(AtomicBool::new(false));
             let cfg = WorkerConfig {
                 id: 0,
-                sockets: vec![WorkerSocket { fd, local }],
+                sockets: vec![WorkerSocket {
+                    fd,
+                    send: None,
+                    local,
+                }],
                 state: Arc::new(StateCell::new(ServerState::local_stratum1(
                     -20,
                     NtpShort(1),

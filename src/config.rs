@@ -349,8 +349,10 @@ pub struct Args {
     pub egress_correction: OnOffArg,
 
     /// Receive buffer of each socket in bytes, to absorb bursts (the kernel's
-    /// default of about 200 KiB holds some 1500 requests). Forced past
-    /// net.core.rmem_max when running as root. 0: the kernel's default.
+    /// default of about 200 KiB holds some 1500 requests); the same for each
+    /// send-only socket, whose error queue holds the transmit timestamps.
+    /// Forced past net.core.rmem_max when running as root. 0: the kernel's
+    /// default.
     #[arg(long, default_value_t = 4 << 20, value_name = "BYTES")]
     pub recv_buffer: usize,
 

@@ -202,6 +202,13 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
                     plan.apply(&twin).with_context(|| {
                         format!("enabling timestamping on {addr} (send socket)")
                     })?;
+                    // Its error queue holds a turn's transmit stamps (up to
+                    // the ring's send slots) and is charged to this buffer.
+                    if args.recv_buffer > 0 {
+                        set_recv_buffer(twin.as_fd(), args.recv_buffer).with_context(|| {
+                            format!("setting the receive buffer on {addr} (send socket)")
+                        })?;
+                    }
                     w[j].send = Some(twin);
                 }
             }

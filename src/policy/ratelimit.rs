@@ -11,7 +11,7 @@
 //! `2^leak` of those is answered anyway (chosen at random, so a source an
 //! attacker spoofs is never locked out; the bucket is then emptied, as chrony
 //! does); of the rest, one gets a RATE KoD if none was sent to that client in
-//! the last [`kod_gap_ticks`], and the others get silence.
+//! the last `kod_gap_ticks`, and the others get silence.
 //!
 //! ## The table
 //!

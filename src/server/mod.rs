@@ -211,6 +211,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
                     }
                     w[j].send = Some(twin);
                 }
+                tracing::info!(%addr, sockets = n_workers, "replies leave from send-only sockets bound to the same port (no receive wake-up between a transmit timestamp and the packet)");
             }
             Err(e) => {
                 tracing::warn!(%addr, error = %e, "no send-only socket: replies leave from the receiving socket, whose receive wake-up then runs between each transmit timestamp and the packet's departure")

@@ -27,7 +27,7 @@
 //!   its residual `latency - step * place`;
 //! * with at least [`MIN_SAMPLES`] fresh samples the situation's base is the
 //!   smallest residual less the gap to the second smallest, at most 2 us
-//!   ([`floor`]), and
+//!   (`floor`), and
 //!   the estimate for a reply at `place` is `base + step * place`: after the
 //!   real transmit time only for a send faster than the fastest of the
 //!   window by more than that gap (without the gap about one in `n + 1`
@@ -79,7 +79,7 @@ pub const SAMPLE_INTERVAL_NS: i64 = 5_000_000;
 /// Latencies outside `0..this` are discarded (a stalled thread, a clock step).
 pub const MAX_LATENCY_NS: i64 = 1_000_000;
 /// The furthest an estimate's base goes below the fastest fresh sample (see
-/// [`floor`]). In replays of the recorded latencies of 12 accuracy runs (idle
+/// `floor`). In replays of the recorded latencies of 12 accuracy runs (idle
 /// and loaded, 2^-6 s and 1 s polls) a cap of 2 us left the share of
 /// estimates after the real transmit time as it was (within 0.1 points).
 pub const MAX_BELOW_FASTEST_NS: i64 = 2_000;

@@ -80,7 +80,7 @@ pub struct WorkerSocket {
     /// The socket requests arrive on.
     pub fd: OwnedFd,
     /// The socket replies leave from, with their transmit timestamps on its
-    /// error queue ([`crate::net::socket::bind_send_twin`]); `None`: `fd`.
+    /// error queue ([`crate::net::socket::bind_send_twins`]); `None`: `fd`.
     pub send: Option<OwnedFd>,
     /// The address it is bound to.
     pub local: SocketAddr,
@@ -133,7 +133,7 @@ pub struct WorkerConfig {
     /// reading (`--direct-send`); otherwise every reply goes through the ring.
     pub direct_send: bool,
     /// Before the reading of a lone basic reply sent after the worker was idle,
-    /// probe its route (`--warm-send-path`; see [`Worker::flush_batch`]).
+    /// probe its route (`--warm-send-path`; see `Worker::flush_batch`).
     pub warm_send_path: bool,
     /// The egress program's per-reply slots, when it stamps basic replies
     /// (`--egress-stamp`; see [`crate::net::egress`]).

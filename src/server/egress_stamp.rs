@@ -97,8 +97,8 @@ pub fn start(
         Ok(off) => stamper.set_offset(off),
         Err(e) => return fail(format!("cannot read the TAI offset: {e}"), stats),
     }
-    let mut attached = Vec::new();
-    attach_new(&mut stamper, &mut attached);
+    let mut tried = Vec::new();
+    attach_new(&mut stamper, &mut tried);
     if stamper.interfaces().is_empty() {
         return fail(
             "no Ethernet-framed interface took the program (tcx egress)".into(),
@@ -113,7 +113,7 @@ pub fn start(
     let slots = Some(stamper.slots(correction));
     let thread = std::thread::Builder::new()
         .name("hwntpd-egress".into())
-        .spawn(move || refresher(stamper, attached, out, stop))?;
+        .spawn(move || refresher(stamper, tried, out, stop))?;
     Ok(EgressStamping {
         thread: Some(thread),
         stats,
@@ -152,7 +152,7 @@ fn publish(stamper: &EgressStamper, stats: &WorkerStats) {
 
 fn refresher(
     mut stamper: EgressStamper,
-    mut attached: Vec<u32>,
+    mut tried: Vec<u32>,
     stats: Arc<WorkerStats>,
     stop: Arc<AtomicBool>,
 ) {
@@ -177,7 +177,7 @@ fn refresher(
         if last_scan.elapsed() >= RESCAN && privileged() {
             last_scan = Instant::now();
             let before = stamper.interfaces().len();
-            attach_new(&mut stamper, &mut attached);
+            attach_new(&mut stamper, &mut tried);
             if stamper.interfaces().len() > before {
                 tracing::info!(interfaces = ?stamper.interfaces(), "egress program: interfaces now");
             }

@@ -43,7 +43,7 @@ use crate::protocol::refid::encode_refid;
 use interleave::InterleaveTable;
 use metrics::Exporter;
 use stats::{StatsSnapshot, WorkerStats};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use supervisor::Supervisor;
 use worker::{WorkerConfig, WorkerSocket};
 
@@ -167,19 +167,27 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
     for addr in &listen {
         drop(bind_udp(*addr, false)?);
     }
+    // Every socket, receiving or send-only, gets the receive buffer (a
+    // send-only socket's error queue, a turn's transmit stamps, is charged to
+    // it) and the timestamping options; returns the buffer obtained.
+    let prepare = |fd: &OwnedFd, what: &str| -> Result<usize> {
+        let got = if args.recv_buffer > 0 {
+            set_recv_buffer(fd.as_fd(), args.recv_buffer)
+                .with_context(|| format!("setting the receive buffer on {what}"))?
+        } else {
+            0
+        };
+        plan.apply(fd)
+            .with_context(|| format!("enabling timestamping on {what}"))?;
+        Ok(got)
+    };
     let mut per_worker = Vec::with_capacity(n_workers);
     let mut recv_buffer_obtained = 0;
     for _ in 0..n_workers {
         let mut socks = Vec::with_capacity(listen.len());
         for addr in &listen {
             let fd = bind_udp(*addr, true)?;
-            if args.recv_buffer > 0 {
-                let got = set_recv_buffer(fd.as_fd(), args.recv_buffer)
-                    .with_context(|| format!("setting the receive buffer on {addr}"))?;
-                recv_buffer_obtained = got;
-            }
-            plan.apply(&fd)
-                .with_context(|| format!("enabling timestamping on {addr}"))?;
+            recv_buffer_obtained = prepare(&fd, &addr.to_string())?;
             socks.push(WorkerSocket {
                 fd,
                 send: None,
@@ -199,16 +207,7 @@ pub fn run_with(args: &Args, mut reloader: Option<live::Reloader>) -> Result<()>
         match bind_send_twins(&group) {
             Ok(twins) => {
                 for (w, twin) in per_worker.iter_mut().zip(twins) {
-                    plan.apply(&twin).with_context(|| {
-                        format!("enabling timestamping on {addr} (send socket)")
-                    })?;
-                    // Its error queue holds a turn's transmit stamps (up to
-                    // the ring's send slots) and is charged to this buffer.
-                    if args.recv_buffer > 0 {
-                        set_recv_buffer(twin.as_fd(), args.recv_buffer).with_context(|| {
-                            format!("setting the receive buffer on {addr} (send socket)")
-                        })?;
-                    }
+                    prepare(&twin, &format!("{addr} (send socket)"))?;
                     w[j].send = Some(twin);
                 }
                 tracing::info!(%addr, sockets = n_workers, "replies leave from send-only sockets bound to the same port (no receive wake-up between a transmit timestamp and the packet)");
